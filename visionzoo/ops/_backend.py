@@ -1,0 +1,182 @@
+"""THE dispatch point: which implementation of an op runs.
+
+Resolution order for every op call:
+
+1. the explicit ``backend=`` argument;
+2. the innermost :func:`use_backend` context;
+3. the ``VISIONZOO_BACKEND`` environment variable;
+4. auto: CUDA tensors with a runnable Triton kernel -> ``triton``; CPU tensors -> ``cpu``;
+   anything else -> ``reference``.
+
+An explicitly requested backend that cannot run raises :class:`BackendUnavailable` with the
+reason. Auto selection never raises: it falls back to ``reference``. Implementations are
+imported lazily (``module:function`` strings), so a missing Triton fails when called, never at
+import. Backends compute the same function: switching never changes parameters or state.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from .. import _env
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "register_op",
+    "resolve",
+    "can_run",
+    "use_backend",
+    "current_backend",
+    "triton_available",
+]
+
+_logger = logging.getLogger(__name__)
+
+BACKENDS = ("reference", "cpu", "triton")
+
+#: a predicate gets the op's tensors and keyword geometry and returns None (can run) or why not
+CanRun = Callable[..., "str | None"]
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run this call; the message says why."""
+
+
+@dataclass
+class _OpEntry:
+    impls: dict[str, str]  # backend -> "module:function"
+    checks: dict[str, CanRun] = field(default_factory=dict)
+    loaded: dict[str, Callable] = field(default_factory=dict)
+
+
+_OPS: dict[str, _OpEntry] = {}
+_STACK: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("visionzoo_backend", default=())
+_LOGGED: set[tuple[str, str, str]] = set()
+
+
+def _check_name(name: str, what: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS and name != "auto":
+        raise ValueError(f"{what}: unknown backend {name!r}; expected one of {BACKENDS + ('auto',)}")
+    return name
+
+
+def register_op(op: str, impls: dict[str, str], checks: dict[str, CanRun] | None = None) -> None:
+    """Declare the implementations of ``op``.
+
+    Args:
+        op: public op name, e.g. ``"na2d"``.
+        impls: backend name -> ``"package.module:function"``, imported on first use.
+        checks: backend name -> predicate returning ``None`` or the reason it cannot run.
+    """
+    for name in impls:
+        _check_name(name, f"register_op({op!r})")
+    if "reference" not in impls:
+        raise ValueError(f"register_op({op!r}): every op needs a 'reference' implementation")
+    _OPS[op] = _OpEntry(dict(impls), dict(checks or {}))
+
+
+def triton_available() -> str | None:
+    """``None`` if Triton can be imported, else why not."""
+    try:
+        importlib.import_module("triton")
+    except Exception as e:  # ImportError, or a broken install raising something else
+        return f"triton cannot be imported ({type(e).__name__}: {e})"
+    return None
+
+
+def _default_check(backend: str, tensors: tuple[torch.Tensor, ...]) -> str | None:
+    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+    if backend == "cpu" and devices - {"cpu"}:
+        return f"the 'cpu' backend needs CPU tensors, got {sorted(devices)}"
+    if backend == "triton":
+        why = triton_available()
+        if why:
+            return why
+        if devices - {"cuda"} and not (_env.triton_interpret() and devices <= {"cpu"}):
+            return (f"Triton kernels need CUDA tensors (got {sorted(devices)}); "
+                    "set TRITON_INTERPRET=1 before import to run them on CPU tensors for testing")
+    return None
+
+
+def can_run(op: str, backend: str, *tensors: torch.Tensor, **geometry) -> str | None:
+    """``None`` if ``backend`` can run ``op`` on these inputs, else the reason it cannot."""
+    entry = _OPS.get(op)
+    if entry is None:
+        raise KeyError(f"unknown op {op!r}; registered ops: {sorted(_OPS)}")
+    if backend not in entry.impls:
+        return f"op {op!r} has no {backend!r} implementation (it has {sorted(entry.impls)})"
+    why = _default_check(backend, tensors)
+    if why is None and backend in entry.checks:
+        why = entry.checks[backend](*tensors, **geometry)
+    return why
+
+
+def _auto(op: str, tensors: tuple[torch.Tensor, ...], geometry: dict) -> str:
+    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+    if devices == {"cuda"}:
+        order = ("triton", "reference")
+    elif devices == {"cpu"}:
+        order = ("cpu", "reference")
+    else:
+        order = ("reference",)
+    for name in order:
+        why = can_run(op, name, *tensors, **geometry)
+        if why is None:
+            return name
+        key = (op, name, why)
+        if key not in _LOGGED:
+            _LOGGED.add(key)
+            _logger.debug("visionzoo.%s: not using %s backend: %s", op, name, why)
+    return "reference"
+
+
+def current_backend() -> str | None:
+    """The backend forced by context or environment, or ``None`` for auto."""
+    stack = _STACK.get()
+    if stack:
+        return None if stack[-1] == "auto" else stack[-1]
+    env = _env.backend_override()
+    if env is not None:
+        env = _check_name(env, "VISIONZOO_BACKEND")
+        return None if env == "auto" else env
+    return None
+
+
+def resolve(op: str, *tensors: torch.Tensor, backend: str | None = None, **geometry) -> tuple[Callable, str]:
+    """Pick the implementation of ``op`` for these inputs; returns ``(function, backend_name)``."""
+    if op not in _OPS:
+        raise KeyError(f"unknown op {op!r}; registered ops: {sorted(_OPS)}")
+    requested = _check_name(backend, f"{op}(backend=...)") if backend is not None else current_backend()
+    if requested in (None, "auto"):
+        name = _auto(op, tensors, geometry)
+    else:
+        name = requested
+        why = can_run(op, name, *tensors, **geometry)
+        if why is not None:
+            raise BackendUnavailable(f"{op}: backend {name!r} cannot run this call: {why}")
+    entry = _OPS[op]
+    fn = entry.loaded.get(name)
+    if fn is None:
+        module, _, attr = entry.impls[name].partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+        entry.loaded[name] = fn
+    return fn, name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force ``name`` (or ``"auto"``) for every op called inside the block. Contexts nest."""
+    name = _check_name(name, "use_backend")
+    token = _STACK.set(_STACK.get() + (name,))
+    try:
+        yield
+    finally:
+        _STACK.reset(token)
