@@ -1,0 +1,139 @@
+"""``create_model`` and the registry queries of the public API."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+
+import timm
+import torch
+
+from . import convert
+from .models import _registry
+from .models._registry import FAMILIES, MODELS, PREFIX
+
+__all__ = ["UnknownModelError", "create_model", "list_models", "list_families", "list_official_families",
+           "model_info", "count_params"]
+
+_SOURCES = ("local-dir:", "hf-hub:", "hf_hub:")
+
+
+class UnknownModelError(ValueError):
+    """The model name is not registered; the message lists the closest names."""
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"model name must be a non-empty string, got {name!r}")
+    arch, _, tag = name.partition(".")
+    plain = arch[len(PREFIX):] if arch.startswith(PREFIX) else arch
+    if plain not in MODELS:
+        close = difflib.get_close_matches(plain, list(MODELS), n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else "; see visionzoo.list_models()"
+        raise UnknownModelError(f"unknown model {name!r}{hint}")
+    if tag and tag != MODELS[plain].tag:
+        raise UnknownModelError(f"unknown tag {tag!r} for {plain!r}; known: {MODELS[plain].tag!r}")
+    return plain, tag or None
+
+
+def _checkpoint_num_classes(state_dict: dict, plain: str) -> int | None:
+    """Classifier width of a checkpoint, whatever its layout (the last 2-D weight of the known names)."""
+    for key in ("head.fc.weight", "fc.weight", "last_linear.weight", "classifier.1.weight", "head.weight"):
+        w = state_dict.get(key)
+        if isinstance(w, torch.Tensor) and w.ndim in (2, 4):
+            return int(w.shape[0])
+    return None
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
+                 features_only: bool = False, out_indices=None, **kwargs):
+    """Build a visionzoo model.
+
+    Args:
+        name: a registered name (``"eca_resnet50"``, optionally ``.tag`` or the ``vz_`` prefix), or a
+            ``local-dir:/path`` / ``hf-hub:org/repo`` export (``config.json`` + weights).
+        pretrained: load the published weights of the tag; visionzoo hosts none yet, so this raises
+            with the ways to load weights instead.
+        checkpoint_path: a visionzoo, official-repository or timm checkpoint (``.pth``, ``.pt``,
+            ``.bin``, ``.safetensors``; wrapped in ``model``/``state_dict``/``module.`` or not). The
+            family converter detects the layout. Loaded before any feature wrapping; the class count
+            follows the checkpoint unless ``num_classes`` is given (then the classifier is re-initialised).
+        features_only, out_indices: return a feature extractor (NCHW maps of the selected stages).
+        **kwargs: model arguments (``num_classes``, ``in_chans``, ``drop_path_rate``, ``device``,
+            ``dtype``...) or architecture overrides (fields of the family's config dataclass).
+    """
+    if features_only:
+        kwargs["features_only"] = True
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices) if not isinstance(out_indices, int) else out_indices
+    elif out_indices is not None:
+        raise ValueError("out_indices is only meaningful with features_only=True")
+    if isinstance(name, str) and name.startswith(_SOURCES):
+        if checkpoint_path is not None:
+            raise ValueError(f"checkpoint_path cannot be combined with a {name.split(':')[0]}: source")
+        return timm.create_model(name, pretrained=pretrained or name.startswith("local-dir:"), **kwargs)
+    plain, tag = _split(name)
+    arch = PREFIX + plain + (f".{tag}" if tag else "")
+    if checkpoint_path is not None:
+        if pretrained:
+            raise ValueError("pass either pretrained=True or checkpoint_path, not both")
+        state_dict = convert.load_checkpoint_file(checkpoint_path)
+        overlay = dict(state_dict=state_dict)
+        ckpt_classes = _checkpoint_num_classes(state_dict, plain)
+        if ckpt_classes is not None:
+            overlay["num_classes"] = ckpt_classes
+            kwargs.setdefault("num_classes", ckpt_classes)
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    if pretrained and not _has_weights(plain):
+        raise RuntimeError(
+            f"no published weights for {plain!r} yet. Load weights instead with "
+            f"create_model({plain!r}, checkpoint_path='official_or_timm_or_visionzoo.pth'), "
+            f"create_model('local-dir:/path/to/export'), or create_model('hf-hub:org/repo').")
+    return timm.create_model(arch, pretrained=pretrained, **kwargs)
+
+
+def _has_weights(plain: str) -> bool:
+    cfg = MODELS[plain].pretrained_cfg
+    return bool(cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file"))
+
+
+def list_models(pattern: str | None = None, family: str | None = None) -> list[str]:
+    """Registered plain names (no ``vz_`` prefix), sorted; ``pattern`` is an fnmatch wildcard."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    names = [n for n, e in MODELS.items() if family is None or e.family == family]
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return sorted(names)
+
+
+def list_families() -> list[str]:
+    """visionzoo family modules (``ca_resnet``, ``eca_mobilenetv2``, ...)."""
+    return sorted(FAMILIES)
+
+
+def list_official_families() -> list[str]:
+    """Official family names :func:`visionzoo.convert.from_official` accepts."""
+    return sorted(name for fam in FAMILIES.values() for name in fam.official)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_info(name: str) -> dict:
+    """Facts about a registered model: family, architecture config, parameter count (built on the
+    meta device, so it is cheap), the official count and top-1 it must match, data config."""
+    plain, _ = _split(name)
+    entry = MODELS[plain]
+    model = _registry.build(plain, device="meta")
+    cfg = entry.pretrained_cfg
+    return dict(
+        name=plain, architecture=PREFIX + plain, tag=entry.tag, family=entry.family,
+        config=dataclasses.asdict(entry.cfg), params=count_params(model), **entry.meta,
+        input_size=cfg["input_size"], crop_pct=cfg.get("crop_pct"), interpolation=cfg.get("interpolation"),
+        mean=cfg.get("mean"), std=cfg.get("std"), paper=cfg.get("paper_name"), paper_ids=cfg.get("paper_ids"),
+        origin_url=cfg.get("origin_url"), num_features=model.num_features,
+        feature_info=[dict(num_chs=f["num_chs"], reduction=f["reduction"]) for f in model.feature_info],
+    )

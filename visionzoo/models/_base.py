@@ -1,0 +1,144 @@
+"""The backbone contract, written once (reference/ecosystem.md §1).
+
+A family model subclasses :class:`Backbone`, builds ``stem``, ``stages`` (an ``nn.Sequential``, one
+entry per feature level), ``norm`` (final norm or ``Identity``) and ``head`` (timm
+``ClassifierHead``), then calls :meth:`Backbone._finish`. Everything timm and the detection stacks
+expect (``forward_intermediates``, ``prune_intermediate_layers``, ``reset_classifier``, grad
+checkpointing, ``group_matcher``, ``feature_info``) comes from here.
+
+Families whose blocks work channels-last set ``channels_last_stages = True``: stage outputs are
+``[B, H, W, C]`` internally, but every tensor the model returns (features, intermediates) is NCHW.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from timm.layers import get_device_dtype
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+__all__ = ["Backbone"]
+
+
+class Backbone(nn.Module):
+    stem: nn.Module
+    stages: nn.Sequential
+    norm: nn.Module  # final norm (or head conv) after the last stage; Identity if none
+    head: nn.Module
+    channels_last_stages: bool = False
+    #: parameter-name patterns excluded from weight decay (fnmatch, as timm's optimizer factory reads them)
+    nwd_patterns: tuple[str, ...] = ()
+
+    def _finish(self, in_chans: int, num_classes: int, stage_chs: Iterable[int], reductions: Iterable[int],
+                global_pool: str, num_features: int | None = None) -> None:
+        """Record the contract attributes once the modules exist.
+
+        ``num_features`` defaults to the last stage's width; pass it when ``norm`` changes the width
+        (e.g. MobileNetV2's final 1x1 conv, which sits in the ``norm`` slot).
+        """
+        stage_chs, reductions = list(stage_chs), list(reductions)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = num_features or stage_chs[-1]
+        self.feature_info = [dict(num_chs=c, reduction=r, module=f"stages.{i}", index=i, stage=i)
+                             for i, (c, r) in enumerate(zip(stage_chs, reductions))]
+        self.grad_checkpointing = False
+
+    # ---- training hooks -------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.(?:blocks\.)?(\d+)", None), (r"^stages\.(\d+)", (0,)), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set(self.nwd_patterns)
+
+    # ---- head -----------------------------------------------------------------------------
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifier of ``num_classes`` (0 removes it); ``global_pool=None`` keeps the pooling."""
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head.reset(num_classes, pool_type=global_pool, **dd)
+        self.head.train(self.training)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    # ---- trunk ----------------------------------------------------------------------------
+    def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2) if self.channels_last_stages else x
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(stage, x) if isinstance(stage, nn.Sequential) else \
+                torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C_in, H, W]`` -> ``[B, num_features, H/r, W/r]`` (after the final norm, before pooling)."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        x = self.norm(x)
+        return self._to_nchw(x).contiguous() if self.channels_last_stages else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Features of the selected stages (NCHW), and the final ``forward_features`` output.
+
+        Args:
+            indices: None for all stages, ``n`` for the last ``n``, or a list (negatives allowed).
+            norm: apply the final norm to the last stage's tap.
+            stop_early: stop after the last requested stage (``final`` is then that stage's output).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' (the layout every visionzoo tap uses), got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages if not (stop_early and not torch.jit.is_scripting()) else self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = self._run_stage(stage, x)
+            if i in take_indices:
+                tap = self.norm(x) if norm and i == last else x
+                intermediates.append(self._to_nchw(tap).contiguous())
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.norm(x)
+        return (self._to_nchw(x).contiguous() if self.channels_last_stages else x), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last requested tap (and optionally the norm and head)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        pruned = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.num_features = self.head_hidden_size = self.feature_info[-1]["num_chs"]
+        if prune_norm or pruned:  # the final norm is sized for the last stage
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        elif pruned:
+            self.head.reset(self.num_classes, in_features=self.num_features, **get_device_dtype(self))
+        return take_indices

@@ -1,0 +1,105 @@
+"""visionzoo's model registry, on timm's machinery.
+
+A family module declares its frozen config dataclass, model class, ``VARIANTS`` table and
+pretrained cfgs, then calls :func:`register_family`. That generates the module's timm
+``default_cfgs`` and one ``@register_model`` entrypoint per variant, named ``vz_<name>`` in timm's
+registry so it can never replace a timm model. Architecture overrides passed to ``create_model``
+(``layers=(1, 1, 1, 1)``) go through ``dataclasses.replace``, so a misspelt field raises.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+__all__ = ["PREFIX", "ModelEntry", "FamilyEntry", "MODELS", "FAMILIES", "register_family", "build"]
+
+PREFIX = "vz_"
+
+
+@dataclass(frozen=True)
+class FamilyEntry:
+    name: str
+    module: str
+    model_cls: type
+    filter_fn: Callable
+    #: official family name (as in the fixtures) -> fn(official_kwargs) -> (variant, cfg_overrides, model_kwargs)
+    official: dict[str, Callable] = field(default_factory=dict)
+    paper: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    cfg: Any
+    tag: str
+    pretrained_cfg: dict
+    #: facts for docs and tests: official param count key, official top-1, GFLOPs source
+    meta: dict = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelEntry] = {}
+FAMILIES: dict[str, FamilyEntry] = {}
+
+
+def _split_kwargs(cfg: Any, kwargs: dict) -> tuple[dict, dict]:
+    names = {f.name for f in dataclasses.fields(cfg)}
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    return overrides, kwargs
+
+
+def build(name: str, pretrained: bool = False, **kwargs):
+    """Build registered variant ``name`` through timm's ``build_model_with_cfg``."""
+    entry = MODELS[name]
+    family = FAMILIES[entry.family]
+    overrides, kwargs = _split_kwargs(entry.cfg, dict(kwargs))
+    cfg = dataclasses.replace(entry.cfg, **overrides) if overrides else entry.cfg
+    out_indices = tuple(range(family.model_cls.num_stages(cfg)))
+    return build_model_with_cfg(
+        family.model_cls, PREFIX + name, pretrained, cfg=cfg,
+        pretrained_filter_fn=family.filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _entrypoint(module: str, name: str) -> Callable:
+    def entrypoint(pretrained: bool = False, **kwargs):
+        return build(name, pretrained=pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = PREFIX + name
+    entrypoint.__module__ = module
+    entrypoint.__doc__ = f"visionzoo {name} ({MODELS[name].family} family); see visionzoo.model_info('{name}')."
+    return entrypoint
+
+
+def register_family(module: str, family: str, model_cls: type, variants: dict[str, Any],
+                    pretrained_cfgs: dict[str, dict], filter_fn: Callable, *, tag: str = "in1k",
+                    meta: dict[str, dict] | None = None, official: dict[str, Callable] | None = None,
+                    paper: str = "") -> None:
+    """Register every variant of a family (call at the bottom of the family module).
+
+    Args:
+        module: the family module's ``__name__``.
+        variants: plain name -> frozen config.
+        pretrained_cfgs: plain name -> timm pretrained-cfg dict (data config, head names, license...).
+        filter_fn: the family's ``checkpoint_filter_fn`` (official/timm -> visionzoo keys).
+        meta: plain name -> facts (``official_params_key``, ``top1``...).
+        official: official family names this module converts, see :class:`FamilyEntry`.
+    """
+    missing = set(variants) ^ set(pretrained_cfgs)
+    if missing:
+        raise ValueError(f"register_family({family!r}): variants and pretrained_cfgs differ on {sorted(missing)}")
+    FAMILIES[family] = FamilyEntry(family, module, model_cls, filter_fn, dict(official or {}), paper)
+    mod = sys.modules[module]
+    mod.default_cfgs = generate_default_cfgs(
+        {f"{PREFIX}{n}.{tag}": dict(pretrained_cfgs[n], architecture=PREFIX + n) for n in variants})
+    for n, cfg in variants.items():
+        if n in MODELS:
+            raise ValueError(f"model name {n!r} registered twice ({MODELS[n].family} and {family})")
+        MODELS[n] = ModelEntry(n, family, cfg, tag, pretrained_cfgs[n], dict((meta or {}).get(n, {})))
+        register_model(_entrypoint(module, n))
