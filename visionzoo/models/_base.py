@@ -16,10 +16,10 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "BackboneFeatures"]
 
 
 class Backbone(nn.Module):
@@ -142,3 +142,12 @@ class Backbone(nn.Module):
         elif pruned:
             self.head.reset(self.num_classes, in_features=self.num_features, **get_device_dtype(self))
         return take_indices
+
+
+class BackboneFeatures(FeatureGetterNet):
+    """``features_only=True`` wrapper: timm's getter (``forward_intermediates`` + pruning) that also
+    forwards ``set_grad_checkpointing``, which detection/segmentation stacks call on backbones."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)

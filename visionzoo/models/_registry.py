@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ._base import BackboneFeatures
+
 __all__ = ["PREFIX", "ModelEntry", "FamilyEntry", "MODELS", "FAMILIES", "register_family", "build"]
 
 PREFIX = "vz_"
@@ -62,7 +64,7 @@ def build(name: str, pretrained: bool = False, **kwargs):
     return build_model_with_cfg(
         family.model_cls, PREFIX + name, pretrained, cfg=cfg,
         pretrained_filter_fn=family.filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        feature_cfg=dict(out_indices=out_indices, feature_cls=BackboneFeatures),
         **kwargs,
     )
 

@@ -1,0 +1,27 @@
+"""Reduced configurations per family, so the contract suite runs every registered model quickly.
+
+Every registered name is still built at full size on the meta device (parameter counts); these
+overrides only shrink the models that actually run. A family missing here runs at full size.
+"""
+import visionzoo
+from visionzoo.models._registry import MODELS
+
+TINY = {
+    "ca_resnet": lambda cfg: dict(layers=(1,) * len(cfg.layers), widths=(8, 16, 32, 64), stem_width=8,
+                                  **({"groups": 4, "base_width": 8} if cfg.groups > 1 else {})),
+    "eca_mobilenetv2": lambda cfg: dict(width_mult=0.25, settings=tuple((t, c, 1, s) for t, c, _, s in cfg.settings)),
+    # NAT / DiNAT / DiNAT_s: 16/32/64/128 wide, one layer per stage; isotropic: 4 groups of one layer, 32 wide
+    "nat": lambda cfg: dict(depths=(1, 1, 1, 1), embed_dim=16, num_heads=(1, 2, 2, 4)),
+    "dinat_s": lambda cfg: dict(depths=(1, 1, 1, 1), embed_dim=16, num_heads=(1, 2, 2, 4)),
+    "nat_isotropic": lambda cfg: dict(depths=(1, 1, 1, 1), embed_dim=32, num_heads=(2, 2, 2, 2)),
+}
+
+
+def tiny_kwargs(name: str) -> dict:
+    entry = MODELS[name]
+    fn = TINY.get(entry.family)
+    return fn(entry.cfg) if fn else {}
+
+
+def create_tiny(name: str, **kwargs):
+    return visionzoo.create_model(name, **tiny_kwargs(name), **kwargs)
