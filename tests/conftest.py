@@ -11,6 +11,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# xdist runs one worker per core: intra-op threads on top would oversubscribe the CPU several times
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 import pytest  # noqa: E402
 
 from visionzoo import _env  # noqa: E402

@@ -9,7 +9,6 @@ checkpointing, ``group_matcher``, ``feature_info``) comes from here.
 Families whose blocks work channels-last set ``channels_last_stages = True``: stage outputs are
 ``[B, H, W, C]`` internally, but every tensor the model returns (features, intermediates) is NCHW.
 """
-from __future__ import annotations
 
 from typing import Iterable
 
@@ -23,10 +22,8 @@ __all__ = ["Backbone", "BackboneFeatures"]
 
 
 class Backbone(nn.Module):
-    stem: nn.Module
-    stages: nn.Sequential
-    norm: nn.Module  # final norm (or head conv) after the last stage; Identity if none
-    head: nn.Module
+    # Subclasses set: ``stem``, ``stages`` (nn.Sequential), ``norm`` (final norm or head conv after the
+    # last stage; Identity if none) and ``head``. (No class-level annotations: TorchScript reads them.)
     channels_last_stages: bool = False
     #: parameter-name patterns excluded from weight decay (fnmatch, as timm's optimizer factory reads them)
     nwd_patterns: tuple[str, ...] = ()
@@ -46,6 +43,7 @@ class Backbone(nn.Module):
         self.feature_info = [dict(num_chs=c, reduction=r, module=f"stages.{i}", index=i, stage=i)
                              for i, (c, r) in enumerate(zip(stage_chs, reductions))]
         self.grad_checkpointing = False
+        self.channels_last_stages = type(self).channels_last_stages  # an instance attribute TorchScript sees
 
     # ---- training hooks -------------------------------------------------------------------
     @torch.jit.ignore
@@ -82,8 +80,9 @@ class Backbone(nn.Module):
     def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2) if self.channels_last_stages else x
 
+    @torch.jit.ignore
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
+        if self.grad_checkpointing:
             return checkpoint_seq(stage, x) if isinstance(stage, nn.Sequential) else \
                 torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
         return stage(x)
@@ -91,14 +90,18 @@ class Backbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, H, W]`` -> ``[B, num_features, H/r, W/r]`` (after the final norm, before pooling)."""
         x = self.stem(x)
-        for stage in self.stages:
-            x = self._run_stage(stage, x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in self.stages:
+                x = self._run_stage(stage, x)
+        else:
+            x = self.stages(x)
         x = self.norm(x)
         return self._to_nchw(x).contiguous() if self.channels_last_stages else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @torch.jit.ignore
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
@@ -115,7 +118,7 @@ class Backbone(nn.Module):
         last = len(self.stages) - 1
         intermediates = []
         x = self.stem(x)
-        stages = self.stages if not (stop_early and not torch.jit.is_scripting()) else self.stages[:max_index + 1]
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
             if i in take_indices:
