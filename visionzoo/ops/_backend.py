@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import importlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -35,6 +36,7 @@ __all__ = [
     "use_backend",
     "current_backend",
     "triton_available",
+    "preload",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -83,13 +85,53 @@ def register_op(op: str, impls: dict[str, str], checks: dict[str, CanRun] | None
     _OPS[op] = _OpEntry(dict(impls), dict(checks or {}))
 
 
+_TRITON_STATUS: list = []  # [None | reason], filled on first use; a plain value so torch.compile traces it
+
+
 def triton_available() -> str | None:
-    """``None`` if Triton can be imported, else why not."""
-    try:
-        importlib.import_module("triton")
-    except Exception as e:  # ImportError, or a broken install raising something else
-        return f"triton cannot be imported ({type(e).__name__}: {e})"
-    return None
+    """``None`` if Triton can be imported, else why not (checked once per process)."""
+    if not _TRITON_STATUS:
+        try:
+            importlib.import_module("triton")
+            _TRITON_STATUS.append(None)
+        except Exception as e:  # ImportError, or a broken install raising something else
+            _TRITON_STATUS.append(f"triton cannot be imported ({type(e).__name__}: {e})")
+    return _TRITON_STATUS[0]
+
+
+def _load(entry: _OpEntry, name: str, op: str = "") -> Callable:
+    """The implementation function, imported on first use.
+
+    ``torch.compile`` cannot trace ``importlib``: a module imported earlier is taken from
+    ``sys.modules``; call :func:`preload` before compiling a graph whose first call happens inside it.
+    An implementation that cannot be imported raises :class:`BackendUnavailable` with the reason.
+    """
+    fn = entry.loaded.get(name)
+    if fn is None:
+        module, _, attr = entry.impls[name].partition(":")
+        try:
+            mod = sys.modules.get(module)
+            if mod is None:
+                mod = importlib.import_module(module)
+            fn = getattr(mod, attr)
+        except (ImportError, AttributeError) as e:  # e.g. a kernel module whose dependency is broken
+            raise BackendUnavailable(f"{op or 'op'}: backend {name!r} cannot be loaded from "
+                                     f"{entry.impls[name]!r} ({type(e).__name__}: {e})") from e
+        entry.loaded[name] = fn
+    return fn
+
+
+def preload(*tensors: torch.Tensor) -> list[str]:
+    """Import every implementation that can run here (for these example tensors, or CPU), so
+    that ``torch.compile(fullgraph=True)`` never meets a first-time import. Returns what loaded."""
+    tensors = tensors or (torch.empty(0),)
+    loaded = []
+    for op, entry in _OPS.items():
+        for name in entry.impls:
+            if _default_check(name, tensors) is None:
+                _load(entry, name)
+                loaded.append(f"{op}:{name}")
+    return loaded
 
 
 def _default_check(backend: str, tensors: tuple[torch.Tensor, ...]) -> str | None:
@@ -119,7 +161,7 @@ def can_run(op: str, backend: str, *tensors: torch.Tensor, **geometry) -> str | 
     return why
 
 
-def _auto(op: str, tensors: tuple[torch.Tensor, ...], geometry: dict) -> str:
+def _auto(op: str, tensors: tuple[torch.Tensor, ...], geometry: dict) -> tuple[Callable, str]:
     devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
     if devices == {"cuda"}:
         order = ("triton", "reference")
@@ -130,12 +172,17 @@ def _auto(op: str, tensors: tuple[torch.Tensor, ...], geometry: dict) -> str:
     for name in order:
         why = can_run(op, name, *tensors, **geometry)
         if why is None:
-            return name
+            try:
+                return _load(_OPS[op], name, op), name
+            except BackendUnavailable as e:
+                if name == "reference":
+                    raise
+                why = str(e)
         key = (op, name, why)
         if key not in _LOGGED:
             _LOGGED.add(key)
             _logger.debug("visionzoo.%s: not using %s backend: %s", op, name, why)
-    return "reference"
+    return _load(_OPS[op], "reference", op), "reference"
 
 
 def current_backend() -> str | None:
@@ -156,19 +203,11 @@ def resolve(op: str, *tensors: torch.Tensor, backend: str | None = None, **geome
         raise KeyError(f"unknown op {op!r}; registered ops: {sorted(_OPS)}")
     requested = _check_name(backend, f"{op}(backend=...)") if backend is not None else current_backend()
     if requested in (None, "auto"):
-        name = _auto(op, tensors, geometry)
-    else:
-        name = requested
-        why = can_run(op, name, *tensors, **geometry)
-        if why is not None:
-            raise BackendUnavailable(f"{op}: backend {name!r} cannot run this call: {why}")
-    entry = _OPS[op]
-    fn = entry.loaded.get(name)
-    if fn is None:
-        module, _, attr = entry.impls[name].partition(":")
-        fn = getattr(importlib.import_module(module), attr)
-        entry.loaded[name] = fn
-    return fn, name
+        return _auto(op, tensors, geometry)
+    why = can_run(op, requested, *tensors, **geometry)
+    if why is not None:
+        raise BackendUnavailable(f"{op}: backend {requested!r} cannot run this call: {why}")
+    return _load(_OPS[op], requested, op), requested
 
 
 @contextlib.contextmanager

@@ -18,6 +18,14 @@ from .. import _backend
 
 __all__ = ["na1d", "na2d"]
 
+def _triton_can_run(q, k, v, **geometry) -> str | None:
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the Triton kernels take fp16/bf16/fp32, got {q.dtype}"
+    if max(q.shape[-1], v.shape[-1]) > 256:
+        return f"the Triton kernels take head dims up to 256, got {q.shape[-1]} (v: {v.shape[-1]})"
+    return None
+
+
 _backend.register_op(
     "na2d",
     impls={
@@ -25,6 +33,7 @@ _backend.register_op(
         "cpu": "visionzoo.ops.neighborhood.cpu:na2d_cpu",
         "triton": "visionzoo.ops.neighborhood.triton:na2d_triton",
     },
+    checks={"triton": _triton_can_run},
 )
 
 

@@ -1,0 +1,228 @@
+"""Neighborhood attention: the reference against independent oracles, every backend against the
+reference (outputs and each gradient separately, per-dtype tolerances), and argument errors."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from visionzoo.ops._testing import assert_close
+from visionzoo.ops.neighborhood import na1d, na2d
+from visionzoo.ops.neighborhood.reference import na2d_reference
+
+# ----------------------------------------------------------------------------- brute force oracle
+
+
+def _window(i: int, n: int, k: int, d: int, s: int) -> tuple[list[int], list[int]]:
+    """Keys and RPB indices of query ``i`` on one axis, restated from NATTEN's definition with plain
+    integers: dilation group, window clamped to the group, stride leader, shifted in at borders."""
+    g, p = i % d, i // d
+    n_g = len(range(g, n, d))
+    k_g = min(k, n_g)
+    leader = min((p // s) * s + s // 2, n_g - 1)
+    start = max(0, min(leader - k // 2, n_g - k_g))
+    pos = [start + j for j in range(k_g)]
+    return [x * d + g for x in pos], [x - p + k - 1 for x in pos]
+
+
+def _dense_oracle(q, k, v, kernel, dilation, stride, rpb, scale):
+    """Full ``HW x HW`` masked attention in float64 with the bias placed from :func:`_window`."""
+    b, h, w, heads, _ = q.shape
+    bias = torch.full((heads, h * w, h * w), float("-inf"), dtype=torch.float64)
+    for y in range(h):
+        ky, ry = _window(y, h, kernel[0], dilation[0], stride[0])
+        for x in range(w):
+            kx, rx = _window(x, w, kernel[1], dilation[1], stride[1])
+            for a, rya in zip(ky, ry):
+                for c, rxc in zip(kx, rx):
+                    bias[:, y * w + x, a * w + c] = 0.0 if rpb is None else rpb[:, rya, rxc].double()
+    qf, kf, vf = (t.double().reshape(b, h * w, heads, -1).transpose(1, 2) for t in (q, k, v))
+    attn = (qf @ kf.transpose(-1, -2) * scale + bias).softmax(-1)
+    return (attn @ vf).transpose(1, 2).reshape(b, h, w, heads, -1)
+
+
+def _inputs(b, h, w, heads, d, dv=None, kernel=(3, 3), rpb=True, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(b, h, w, heads, d, generator=g, dtype=dtype) for _ in range(2))
+    v = torch.randn(b, h, w, heads, dv or d, generator=g, dtype=dtype)
+    bias = torch.randn(heads, 2 * kernel[0] - 1, 2 * kernel[1] - 1, generator=g, dtype=dtype) if rpb else None
+    return q, k, v, bias
+
+
+# (H, W, kernel, dilation, stride): maps smaller than the window, unequal dilation groups, strides,
+# even kernels, non-square everything
+AWKWARD = [
+    (5, 7, (3, 3), (1, 1), (1, 1)),
+    (9, 6, (4, 3), (2, 1), (1, 1)),       # even kernel, H % d != 0
+    (7, 10, (3, 5), (3, 2), (2, 3)),      # unequal groups on both axes, strides
+    (4, 3, (7, 5), (1, 1), (1, 1)),       # map smaller than the window
+    (6, 11, (3, 3), (4, 5), (1, 1)),      # groups shorter than the kernel
+    (8, 8, (4, 4), (1, 1), (4, 4)),       # stride == kernel: blocked attention
+    (3, 2, (3, 3), (5, 4), (2, 1)),       # dilation larger than the map
+]
+
+
+@pytest.mark.parametrize("case", AWKWARD, ids=str)
+@pytest.mark.parametrize("use_rpb", [True, False])
+def test_reference_matches_dense_oracle(case, use_rpb):
+    h, w, kernel, dil, st = case
+    q, k, v, rpb = _inputs(2, h, w, 2, 4, dv=3, kernel=kernel, rpb=use_rpb)
+    out = na2d(q, k, v, kernel, dil, st, rpb=rpb, scale=0.4, backend="reference")
+    assert_close(out, _dense_oracle(q, k, v, kernel, dil, st, rpb, 0.4), what=f"reference {case}")
+
+
+def test_reference_gradcheck():
+    q, k, v, rpb = _inputs(1, 5, 4, 2, 3, kernel=(3, 2))
+    for t in (q, k, v, rpb):
+        t.requires_grad_(True)
+    fn = functools.partial(na2d_reference, kernel_size=(3, 2), dilation=(2, 1), stride=(1, 2), scale=0.5)
+    assert torch.autograd.gradcheck(lambda a, b, c, r: fn(a, b, c, rpb=r), (q, k, v, rpb), fast_mode=True)
+
+
+NATTEN_CASES = [(9, 9, 3, 1), (12, 17, 5, 2), (13, 10, 3, 3), (14, 14, 7, 2), (11, 8, (3, 5), (3, 1))]
+
+
+@pytest.mark.parametrize("case", NATTEN_CASES, ids=str)
+def test_reference_matches_natten(case):
+    natten = pytest.importorskip("natten", reason="natten is the external oracle; it failed to import")
+    h, w, kernel, dil = case
+    q, k, v, _ = _inputs(2, h, w, 2, 8, rpb=False, dtype=torch.float32)
+    ours = na2d(q, k, v, kernel, dil, backend="reference")
+    with torch.no_grad():
+        theirs = natten.na2d(q, k, v, kernel, dilation=dil)
+    assert_close(ours, theirs, what=f"reference vs natten {case}")
+
+
+# ------------------------------------------------------------------------ fast paths vs reference
+CPU_CASES = AWKWARD + [
+    (14, 14, (7, 7), (2, 2), (1, 1)),     # groups exactly k x k: no mask
+    (18, 13, (7, 5), (1, 1), (1, 1)),     # tiled with an inward-shifted last tile
+    (20, 23, (5, 5), (3, 2), (1, 1)),     # tiled, unequal groups
+    (16, 16, (6, 6), (1, 1), (3, 2)),     # tiled, even kernel, stride
+]
+GRADS = ("out", "dq", "dk", "dv", "drpb")
+
+
+@functools.lru_cache(maxsize=None)
+def _pair(case, dtype, dv_differs, backend="cpu"):
+    """Reference (float64, from the same rounded inputs) and backend forward/backward, once per case."""
+    h, w, kernel, dil, st = case
+    q, k, v, rpb = _inputs(2, h, w, 3, 8, dv=6 if dv_differs else None, kernel=kernel, dtype=dtype, seed=1)
+    grad = torch.randn(2, h, w, 3, v.shape[-1], generator=torch.Generator().manual_seed(2), dtype=dtype)
+    results = []
+    for bk, dt in (("reference", torch.float64), (backend, dtype)):
+        ins = [t.detach().to(dt).requires_grad_(True) for t in (q, k, v, rpb)]
+        out = na2d(*ins[:3], kernel, dil, st, rpb=ins[3], scale=0.3, backend=bk)
+        out.backward(grad.to(dt))
+        results.append(dict(zip(GRADS, [out.detach()] + [t.grad for t in ins])))
+    return results
+
+
+@pytest.mark.parametrize("what", GRADS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_cpu_matches_reference(case, dtype, what):
+    ref, got = _pair(case, dtype, dv_differs=False)
+    assert_close(got[what], ref[what], kind="out" if what == "out" else "grad", what=f"cpu {what} {case}")
+
+
+@pytest.mark.parametrize("what", GRADS)
+@pytest.mark.parametrize("case", CPU_CASES[::3], ids=str)
+def test_cpu_matches_reference_dv_differs(case, what):
+    ref, got = _pair(case, torch.float32, dv_differs=True)
+    assert_close(got[what], ref[what], kind="out" if what == "out" else "grad", what=f"cpu Dv!=D {what} {case}")
+
+
+@pytest.mark.parametrize("case", [AWKWARD[1], AWKWARD[2], CPU_CASES[-2]], ids=str)
+def test_cpu_frozen_rpb_and_strided_inputs(case):
+    """rpb without gradient takes the flash path with a bias; q, k, v as views of one qkv tensor
+    (what a model's projection gives) are read through their strides, without a copy."""
+    h, w, kernel, dil, st = case
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, h, w, 3, 3, 8, generator=g, dtype=torch.float64).requires_grad_(True)
+    rpb = torch.randn(3, 2 * kernel[0] - 1, 2 * kernel[1] - 1, generator=g, dtype=torch.float64)
+    grad = torch.randn(2, h, w, 3, 8, generator=g, dtype=torch.float64)
+    outs, grads = [], []
+    for backend in ("reference", "cpu"):
+        out = na2d(*qkv.unbind(3), kernel, dil, st, rpb=rpb, backend=backend)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, qkv, grad)[0])
+    assert_close(outs[1], outs[0], what="strided out")
+    assert_close(grads[1], grads[0], kind="grad", what="strided dqkv")
+
+
+def test_cpu_gradcheck():
+    q, k, v, rpb = _inputs(1, 6, 5, 2, 3, kernel=(3, 3))
+    for t in (q, k, v, rpb):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, r: na2d(a, b, c, 3, (2, 1), (1, 2), rpb=r, backend="cpu"), (q, k, v, rpb), fast_mode=True)
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("h,w", [(56, 56), (28, 31), (57, 43)])
+@pytest.mark.parametrize("dil", [1, 2, 3, 8])
+def test_cpu_matches_reference_large(h, w, dil):
+    q, k, v, rpb = _inputs(2, h, w, 2, 16, kernel=(7, 7), dtype=torch.float32)
+    for r in (None, rpb):
+        assert_close(na2d(q, k, v, 7, dil, rpb=r, backend="cpu"), na2d(q, k, v, 7, dil, rpb=r, backend="reference"),
+                     what=f"cpu {h}x{w} dil {dil}")
+
+
+# ---------------------------------------------------------------------------------------- na1d
+def _na1d_oracle(q, k, v, kernel, dil, st, rpb, scale):
+    b, n, heads, _ = q.shape
+    bias = torch.full((heads, n, n), float("-inf"), dtype=torch.float64)
+    for i in range(n):
+        keys, rel = _window(i, n, kernel, dil, st)
+        for j, r in zip(keys, rel):
+            bias[:, i, j] = 0.0 if rpb is None else rpb[:, r].double()
+    qf, kf, vf = (t.double().transpose(1, 2) for t in (q, k, v))
+    return ((qf @ kf.transpose(-1, -2) * scale + bias).softmax(-1) @ vf).transpose(1, 2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("n,kernel,dil,st", [(11, 3, 1, 1), (13, 4, 3, 2), (5, 7, 2, 1), (20, 5, 4, 5)])
+def test_na1d_matches_oracle(backend, n, kernel, dil, st):
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, n, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(2, 2 * kernel - 1, generator=g, dtype=torch.float64)
+    for r in (None, rpb):
+        out = na1d(q, k, v, kernel, dil, st, rpb=r, scale=0.6, backend=backend)
+        assert_close(out, _na1d_oracle(q, k, v, kernel, dil, st, r, 0.6), what=f"na1d {backend}")
+
+
+# ------------------------------------------------------------------------------ argument errors
+def _ok(**over):
+    args = dict(q=torch.randn(1, 6, 6, 2, 4), k=torch.randn(1, 6, 6, 2, 4), v=torch.randn(1, 6, 6, 2, 4),
+                kernel_size=3)
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("over,err,match", [
+    (dict(q=torch.randn(6, 6, 2, 4)), ValueError, r"^q must be \[B, H, W, heads, D\]"),
+    (dict(k=torch.randn(1, 6, 5, 2, 4)), ValueError, r"q, k must have equal shapes"),
+    (dict(v=torch.randn(1, 6, 6, 3, 4)), ValueError, r"v the same except D"),
+    (dict(v=torch.randn(1, 6, 6, 2, 4, dtype=torch.float64)), TypeError, r"q, k, v must share one floating dtype"),
+    (dict(stride=4), ValueError, r"stride .* must not exceed kernel_size"),
+    (dict(rpb=torch.randn(2, 5, 4)), ValueError, r"rpb must be \[heads, 2k-1"),
+    (dict(rpb=torch.randn(3, 5, 5)), ValueError, r"rpb must be"),
+    (dict(kernel_size=0), ValueError, r"kernel_size must be >= 1"),
+    (dict(kernel_size=(3, 3, 3)), ValueError, r"kernel_size must be an int or a sequence of 2"),
+    (dict(dilation=0), ValueError, r"dilation must be >= 1"),
+    (dict(q="x"), TypeError, r"q must be a tensor"),
+])
+def test_na2d_argument_errors(over, err, match):
+    with pytest.raises(err, match=match):
+        na2d(**_ok(**over))
+
+
+def test_na1d_argument_errors():
+    with pytest.raises(ValueError, match=r"q must be \[B, L, heads, D\]"):
+        na1d(torch.randn(1, 6, 6, 2, 4), torch.randn(1, 6, 6, 2, 4), torch.randn(1, 6, 6, 2, 4), 3)
+    with pytest.raises(ValueError, match=r"rpb must be"):
+        q = torch.randn(1, 9, 2, 4)
+        na1d(q, q, q, 3, rpb=torch.randn(2, 3))
+

@@ -1,0 +1,68 @@
+"""DiNAT_s (Hassani & Shi, 2022, ``classification/dinats.py``): DiNAT in the Swin layout.
+
+A 4x4 stride-4 patch-embed conv + LayerNorm (input zero-padded right/bottom to a multiple of 4),
+stages of pre-norm NA / DiNA layers with RPB (MLP ratio 4, no layer scale), Swin PatchMerging
+(LayerNorm(4C) -> Linear 4C -> 2C without bias, odd maps zero-padded) between stages, final
+LayerNorm, mean, Linear. Built by :class:`~visionzoo.models.nat.NATransformer` (``stem='patch'``,
+``downsample='merge'``); dilation handling and the stage taps are described there.
+"""
+from __future__ import annotations
+
+from .nat import (DINAT_PAPER, NATCfg, NATransformer, checkpoint_filter_fn, official_kwargs_check,
+                  official_model_kwargs, pretrained_cfg)
+from ._registry import register_family
+
+__all__ = ["VARIANTS"]
+
+
+def _official(kw: dict):
+    """``DiNAT_s(patch_size=4, in_chans=3, num_classes=1000, embed_dim=96, depths=[2, 2, 6, 2],
+    num_heads=[3, 6, 12, 24], kernel_size=7, dilations=None, mlp_ratio=4., qkv_bias=True, qk_scale=None,
+    drop_rate=0., attn_drop_rate=0., drop_path_rate=0.2, norm_layer=nn.LayerNorm, patch_norm=True)``."""
+    kw = official_kwargs_check(kw, "dinat_s", {"patch_size", "in_chans", "num_classes", "embed_dim", "depths",
+                                               "num_heads", "kernel_size", "dilations", "mlp_ratio", "qkv_bias",
+                                               "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate",
+                                               "norm_layer", "patch_norm"})
+    dil = kw.get("dilations")
+    overrides = dict(patch_size=int(kw.get("patch_size", 4)), embed_dim=int(kw.get("embed_dim", 96)),
+                     depths=tuple(kw.get("depths", (2, 2, 6, 2))), num_heads=tuple(kw.get("num_heads", (3, 6, 12, 24))),
+                     kernel_size=int(kw.get("kernel_size", 7)), mlp_ratio=float(kw.get("mlp_ratio", 4.0)),
+                     dilations=None if dil is None else tuple(tuple(d) for d in dil),
+                     qkv_bias=bool(kw.get("qkv_bias", True)), qk_scale=kw.get("qk_scale"),
+                     stem_norm=bool(kw.get("patch_norm", True)))
+    return "dinat_s_tiny", overrides, official_model_kwargs(kw, 0.2)
+
+
+_DIL_224 = ((1, 8), (1, 4), (1, 2), (1,))
+_TINY = NATCfg(depths=(2, 2, 6, 2), embed_dim=96, num_heads=(3, 6, 12, 24), mlp_ratio=4.0, dilations=_DIL_224,
+               stem="patch", patch_size=4, downsample="merge")
+
+
+def _v(**kw) -> NATCfg:
+    return NATCfg(**{**_TINY.__dict__, "depths": (2, 2, 18, 2), **kw})
+
+
+VARIANTS = {
+    "dinat_s_tiny": _TINY,
+    "dinat_s_small": _v(),
+    "dinat_s_base": _v(embed_dim=128, num_heads=(4, 8, 16, 32)),
+    "dinat_s_large": _v(embed_dim=192, num_heads=(6, 12, 24, 48)),
+    "dinat_s_large_384": _v(embed_dim=192, num_heads=(6, 12, 24, 48), dilations=((1, 13), (1, 6), (1, 3), (1,))),
+}
+
+_FACTS = {
+    "dinat_s_tiny": (81.8, "DiNAT README (ImageNet-1k, 224)"),
+    "dinat_s_small": (83.5, "DiNAT README (ImageNet-1k, 224)"),
+    "dinat_s_base": (83.8, "DiNAT README (ImageNet-1k, 224)"),
+    "dinat_s_large": (86.5, "DiNAT README (ImageNet-22k -> 1k, 224)"),
+    "dinat_s_large_384": (87.4, "DiNAT README (ImageNet-22k -> 1k, 384)"),
+}
+
+register_family(
+    __name__, "dinat_s", NATransformer, VARIANTS,
+    {n: pretrained_cfg(DINAT_PAPER, "stem.proj", 384 if n.endswith("_384") else 224) for n in VARIANTS},
+    checkpoint_filter_fn,
+    meta={n: dict(official_params_key=n, top1=f[0], top1_source=f[1]) for n, f in _FACTS.items()},
+    official={"dinat_s": _official},
+    paper="DiNAT_s (dilated neighborhood attention, Swin layout)",
+)

@@ -1,0 +1,363 @@
+"""Fast CPU neighborhood attention: query tiles against key halos through flash SDPA.
+
+Algorithm (per axis, then combined as an outer product of the two axes):
+
+1. Dilation groups. With dilation ``d`` an axis of length ``n`` splits into ``min(d, n)`` groups
+   ``g = i mod d`` of ``ceil((n - g) / d)`` positions (the groups differ by one position when
+   ``d`` does not divide ``n``). Inside a group the op is un-dilated NA, so every index below is
+   a *group position* mapped back to a map coordinate ``p * d + g``; no tensor is regrouped.
+2. Query tiles. Each group is cut into ``T`` tiles of ``t`` consecutive positions; the last tile
+   is shifted inward to end at the group's end (a few queries are computed twice, never padded),
+   and groups shorter than ``t`` repeat their last position. Every group of an axis gets the same
+   ``T`` and ``t`` so that all tiles have one shape.
+3. Key halos. A tile's queries see the union of their windows (``axis_tables`` of the reference
+   gives each window), at most ``L`` consecutive positions; the halo is the ``L`` positions from
+   the first window's start, shifted inward at the group's end. Slots past a short group's end
+   are masked.
+4. One attention call. Queries ``[B, heads * tiles, t_h * t_w, D]`` and halo keys/values
+   ``[B, heads * tiles, L_h * L_w, D]`` are gathered with a single ``index_select`` each from the
+   ``[B, H * W * heads, D]`` rows of the input (a (token, head) row index, so no permute copy),
+   and go through the CPU flash kernel with a 4-D additive float mask: ``-inf`` outside each
+   query's window, plus the relative position bias gathered from ``rpb`` (a 3-D mask would drop
+   SDPA off its flash path). Without bias the mask is ``[1, tiles, Lq, Lk]``, broadcast over
+   ``B * heads``; a mask that masks nothing is dropped.
+5. Outputs are gathered back to ``[B, H, W, heads, Dv]`` from each query's canonical tile slot.
+
+Small maps: the tile length per axis is picked by a cost model over the attended area plus a
+per-tile overhead; when one tile covers a whole group this is masked dense attention per
+dilation group (whole-map masked dense attention when ``d == 1``), which wins for maps of a few
+hundred tokens.
+
+Autograd: one ``autograd.Function`` saves only q, k, v, rpb, the output and the log-sum-exp,
+re-gathers the tiles in backward, calls the flash backward kernel and scatter-adds (index_add)
+the tile gradients. When ``rpb`` needs a gradient (the flash kernel gives none for the mask) or
+``Dv != D`` (no flash kernel), attention runs on explicit logits instead: same tiles, math
+softmax, ``dS`` summed over the batch and scattered into ``rpb``.
+
+Tested against :mod:`.reference` in float64, float32 and bfloat16 (forward and all gradients).
+Limits: the index tables and masks are cached per geometry (``lru_cache``), so a model that sees
+many different resolutions holds one small table set per resolution.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from .reference import axis_tables
+
+__all__ = ["na2d_cpu"]
+
+# cost model for picking tiles (units: one query-key score), calibrated on the 2-core Zen 4 host
+_TILE_OVERHEAD = 4000
+_QBLOCK_PAD = 32
+_ROW_COST = 12
+_flash_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+@dataclass(frozen=True)
+class _Axis:
+    q: torch.Tensor  # [G, T, t] map coordinate of each query slot
+    k: torch.Tensor  # [G, T, L] map coordinate of each halo slot
+    allow: torch.Tensor  # [G, T, t, L] halo slot in the query's window
+    rel: torch.Tensor  # [G, T, t, L] RPB index of the slot (0 where not allowed)
+    tile: torch.Tensor  # [n] canonical tile (flat over G, T) of each coordinate
+    row: torch.Tensor  # [n] row of each coordinate inside its canonical tile
+
+
+def _axis_plan(n: int, kernel: int, dilation: int, stride: int, t: int) -> _Axis:
+    idx, _, valid = axis_tables(n, kernel, dilation, stride)
+    groups, longest = min(dilation, n), -(-n // dilation)
+    t = min(t, longest)
+    tiles = -(-longest // t)
+    g = torch.arange(groups)
+    n_g = (n - g + dilation - 1) // dilation  # [G]
+    start = torch.clamp(torch.minimum(torch.arange(tiles) * t, n_g[:, None] - t), min=0)  # [G, T]
+    q_pos = torch.minimum(start[..., None] + torch.arange(t), n_g[:, None, None] - 1)  # [G, T, t]
+    q = q_pos * dilation + g[:, None, None]
+    first = (idx[:, 0] // dilation)[q]  # window [first, last) in group positions
+    last = first + valid.sum(1)[q]
+    halo = int((last.amax(-1) - first.amin(-1)).max())
+    k_start = torch.clamp(torch.minimum(first.amin(-1), n_g[:, None] - halo), min=0)  # [G, T]
+    k_pos = k_start[..., None] + torch.arange(halo)  # [G, T, L]
+    inside = k_pos < n_g[:, None, None]
+    k = torch.minimum(k_pos, n_g[:, None, None] - 1) * dilation + g[:, None, None]
+    kp = k_pos[:, :, None, :]
+    allow = (kp >= first[..., None]) & (kp < last[..., None]) & inside[:, :, None, :]
+    rel = torch.where(allow, kp - q_pos[..., None] + kernel - 1, 0)
+    coord = torch.arange(n)
+    gc, pc = coord % dilation, coord // dilation
+    tc = torch.clamp(pc // t, max=tiles - 1)
+    return _Axis(q, k, allow, rel, gc * tiles + tc, pc - start[gc, tc])
+
+
+def _axis_shape(n: int, kernel: int, dilation: int, stride: int, t: int) -> tuple[int, int, int, bool]:
+    """(tiles incl. groups, tile length, halo length, in order) of one axis for tile length ``t``."""
+    a = _axis_plan(n, kernel, dilation, stride, t)
+    in_order = a.q.numel() == n and a.k.numel() == n and bool((a.k.flatten() == torch.arange(n)).all())
+    return a.q.shape[0] * a.q.shape[1], a.q.shape[2], a.k.shape[2], in_order
+
+
+@functools.lru_cache(maxsize=256)
+def _pick_tile(h: int, w: int, kernel: tuple, dilation: tuple, stride: tuple) -> tuple[int, int]:
+    """Tile lengths minimising a cost model of the flash kernel on this CPU (in units of one
+    query-key score): scores, padded by ~32 rows per tile for its 32-row query blocks, a fixed
+    cost per tile, and the gathers (a 32-float row costs ~12 scores), which masked dense attention
+    on the whole map (one tile, tokens in order) does not need."""
+    axes = []
+    for n, kk, d, s in zip((h, w), kernel, dilation, stride):
+        longest = -(-n // d)
+        cands = sorted({min(c, longest) for c in (4, 5, 6, 7, 8, 10, 12, 14, 16, longest)})
+        axes.append([(c,) + _axis_shape(n, kk, d, s, c) for c in cands])
+    best = None
+    for th, nh, lqh, lkh, oh in axes[0]:
+        for tw, nw, lqw, lkw, ow in axes[1]:
+            tiles, lq, lk = nh * nw, lqh * lqw, lkh * lkw
+            cost = tiles * (lk * (lq + _QBLOCK_PAD) + _TILE_OVERHEAD)
+            if not (oh and ow):
+                cost += tiles * (2 * lq + 2 * lk) * _ROW_COST
+            if best is None or cost < best[0]:
+                best = (cost, th, tw)
+    return best[1], best[2]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    q_yx: tuple[torch.Tensor, torch.Tensor]  # [X * Lq] row / column of every query slot
+    k_yx: tuple[torch.Tensor, torch.Tensor]  # [X * Lk] row / column of every halo slot
+    out_slot: torch.Tensor  # [H * W] canonical slot (tile * Lq + row) of each token
+    dup: torch.Tensor | None  # [heads * X * Lq'] tile rows that repeat a token's canonical slot
+    mask: torch.Tensor | None  # [1, X, Lq, Lk] additive 0/-inf, None if nothing is masked
+    rel: torch.Tensor  # [X * Lq * Lk] flat index into rpb.flatten(1), or its numel outside windows
+    heads: int
+    tiles: int
+    lq: int
+    lk: int
+    identity: bool  # one tile holding the whole map in order: masked dense attention, no gathers
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def rows(self, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``[B, H, W, heads, C]`` (any strides with unit, C-aligned inner strides) as per-batch
+        rows ``[B, R, C]`` without a copy, and the row of every (head, tile, slot) for ``kind``
+        ``"q"`` (queries) or ``"k"`` (halo keys), cached per stride pattern."""
+        c = x.shape[-1]
+        sh, sw, sd = (st // c for st in x.stride()[1:4])
+        key = (kind, sh, sw, sd)
+        idx = self.cache.get(key)
+        if idx is None:
+            y, xx = self.q_yx if kind == "q" else self.k_yx
+            hd = torch.arange(self.heads, device=y.device).view(-1, 1) * sd
+            idx = self.cache.setdefault(key, (hd + (y * sh + xx * sw)).reshape(-1))
+        rows = (x.shape[1] - 1) * sh + (x.shape[2] - 1) * sw + (x.shape[3] - 1) * sd + 1
+        return x.as_strided((x.shape[0], rows, c), (x.stride(0), c, 1)), idx
+
+
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    c = x.shape[-1]
+    return x if x.stride(-1) == 1 and all(st % c == 0 for st in x.stride()[:-1]) else x.contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(h, w, heads, kernel, dilation, stride, tile, device, dtype) -> _Plan:
+    ah = _axis_plan(h, kernel[0], dilation[0], stride[0], tile[0])
+    aw = _axis_plan(w, kernel[1], dilation[1], stride[1], tile[1])
+    gh, th, lqh = ah.q.shape
+    gw, tw, lqw = aw.q.shape
+    lkh, lkw = ah.k.shape[2], aw.k.shape[2]
+    xh, xw = gh * th, gw * tw
+    tiles, lq, lk = xh * xw, lqh * lqw, lkh * lkw
+
+    def grid(a, b, la, lb):  # [xh, xw, la, lb] row and column of every slot, flattened
+        return (a.view(xh, 1, la, 1).expand(xh, xw, la, lb).reshape(-1),
+                b.view(1, xw, 1, lb).expand(xh, xw, la, lb).reshape(-1))
+
+    allow = (ah.allow.view(xh, 1, lqh, 1, lkh, 1) & aw.allow.view(1, xw, 1, lqw, 1, lkw)).reshape(-1)
+    rel = (ah.rel.view(xh, 1, lqh, 1, lkh, 1) * (2 * kernel[1] - 1)
+           + aw.rel.view(1, xw, 1, lqw, 1, lkw)).reshape(-1)
+    rel = torch.where(allow, rel, (2 * kernel[0] - 1) * (2 * kernel[1] - 1))
+    out_slot = ((ah.tile.view(h, 1) * xw + aw.tile.view(1, w)) * lq
+                + ah.row.view(h, 1) * lqw + aw.row.view(1, w)).reshape(-1)
+    canon = torch.zeros(tiles * lq, dtype=torch.bool).index_fill_(0, out_slot, True)
+    dup = None
+    if not bool(canon.all()):
+        dup = ((~canon).nonzero()[:, 0] + torch.arange(heads).view(-1, 1) * (tiles * lq)).reshape(-1).to(device)
+    mask = None
+    if not bool(allow.all()):
+        mask = torch.zeros(tiles * lq * lk, dtype=dtype).masked_fill_(~allow, float("-inf"))
+        mask = mask.view(1, tiles, lq, lk).to(device)
+    q_yx, k_yx = grid(ah.q, aw.q, lqh, lqw), grid(ah.k, aw.k, lkh, lkw)
+    flat = torch.arange(h * w)
+    identity = tiles == 1 and all(torch.equal(yx[0] * w + yx[1], flat) for yx in (q_yx, k_yx))
+    dev = functools.partial(torch.Tensor.to, device=device)
+    return _Plan(tuple(map(dev, q_yx)), tuple(map(dev, k_yx)), dev(out_slot), dup, mask, dev(rel),
+                 heads, tiles, lq, lk, identity)
+
+
+def _bias(plan: _Plan, rpb: torch.Tensor, outside: float = float("-inf")) -> torch.Tensor:
+    """``[1, heads * X, Lq, Lk]`` additive mask: rpb gathered per slot, ``outside`` outside windows
+    (those slots index an extra column appended to the flattened rpb)."""
+    ext = torch.cat([rpb.flatten(1), rpb.new_full((rpb.shape[0], 1), outside)], 1)
+    return ext.index_select(1, plan.rel).view(1, plan.heads * plan.tiles, plan.lq, plan.lk)
+
+
+def _tiles(x: torch.Tensor, kind: str, plan: _Plan) -> torch.Tensor:
+    """``[B, H, W, heads, C]`` -> ``[B, heads * X, L, C]`` query tiles (``"q"``) or key halos (``"k"``)."""
+    if plan.identity and x.stride(1) == x.shape[2] * x.stride(2):
+        return x.flatten(1, 2).transpose(1, 2)
+    flat, idx = plan.rows(kind, x)
+    return flat.index_select(1, idx).view(x.shape[0], plan.heads * plan.tiles, -1, x.shape[-1])
+
+
+def _physical(y: torch.Tensor, plan: _Plan):
+    """Flat per-batch rows ``[B, R, C]`` of a tile tensor ``[B, heads * X, L, C]`` in either memory
+    order, and the physical row of every logical (head, tile, slot) row. Flash returns outputs and
+    gradients as ``[N, L, M, C]`` memory transposed to ``[N, M, L, C]``; strides avoid a copy."""
+    c, length = y.shape[-1], y.shape[-2]
+    y5 = y.view(-1, plan.heads, plan.tiles, length, c)
+    sb, sh, sx, sl, _ = y5.stride()
+    flat = y5.as_strided((y5.shape[0], plan.heads * plan.tiles * length, c), (sb, c, 1))
+    ar = functools.partial(torch.arange, device=y.device)
+    phys = ((ar(plan.heads) * (sh // c)).view(-1, 1, 1) + (ar(plan.tiles) * (sx // c)).view(1, -1, 1)
+            + (ar(length) * (sl // c)).view(1, 1, -1))
+    return flat, phys.reshape(-1)
+
+
+def _untile(y: torch.Tensor, plan: _Plan, shape) -> torch.Tensor:
+    """Tile outputs ``[B, heads * X, Lq, C]`` -> ``[B, H, W, heads, C]`` from canonical slots."""
+    if plan.identity:
+        return y.transpose(1, 2).reshape(shape)
+    flat, phys = _physical(y, plan)
+    slots = plan.cache.get("out")
+    if slots is None:
+        hd = torch.arange(plan.heads, device=y.device) * (plan.tiles * plan.lq)
+        slots = plan.cache.setdefault("out", (plan.out_slot.view(-1, 1) + hd).reshape(-1))
+    return flat.index_select(1, phys.index_select(0, slots)).view(shape)
+
+
+def _scatter_keys(y: torch.Tensor, plan: _Plan, like: torch.Tensor) -> torch.Tensor:
+    """Adjoint of ``_tiles(like, "k")``: sum halo rows back into a zero tensor shaped like ``like``."""
+    if plan.identity:
+        return y.transpose(1, 2).reshape(like.shape)
+    flat, phys = _physical(y, plan)
+    out = torch.zeros(like.shape, dtype=y.dtype, device=y.device)
+    _, idx = plan.rows("k", out)
+    index = torch.empty_like(idx).scatter_(0, phys, idx)
+    return out.view(like.shape[0], -1, y.shape[-1]).index_add_(1, index, flat).view(like.shape)
+
+
+def _sdpa_shape(ts, plan: _Plan, per_head_mask: bool):
+    """A ``[1, X, Lq, Lk]`` mask broadcasts over ``B * heads``: view the tiles accordingly."""
+    if per_head_mask or plan.tiles == 1:
+        return ts
+    return tuple(t.view(-1, plan.tiles, *t.shape[2:]) for t in ts)
+
+
+def _forward(q, k, v, rpb, plan: _Plan, scale: float):
+    mask = plan.mask if rpb is None else _bias(plan, rpb)
+    per_head = mask is None or rpb is not None
+    qt, kt, vt = _sdpa_shape((_tiles(q, "q", plan), _tiles(k, "k", plan), _tiles(v, "k", plan)), plan, per_head)
+    if q.shape[-1] == v.shape[-1]:
+        out_t, lse = _flash_fwd(qt, kt, vt, 0.0, False, attn_mask=mask, scale=scale)
+    else:  # the CPU flash kernel needs one head size
+        out_t, lse = _math_attend(qt, kt, vt, mask, scale)
+    return _untile(out_t, plan, v.shape), lse
+
+
+class _NA2dTiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, plan: _Plan, scale: float):
+        out, lse = _forward(q, k, v, rpb, plan, scale)
+        ctx.save_for_backward(q, k, v, rpb, out, lse)
+        ctx.plan, ctx.scale = plan, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, rpb, out, lse = ctx.saved_tensors
+        plan, scale = ctx.plan, ctx.scale
+        dout_t = _tiles(_aligned(dout), "q", plan)
+        if plan.dup is not None:  # a token's gradient enters through its canonical slot only
+            dout_t.view(dout_t.shape[0], -1, dout_t.shape[-1]).index_fill_(1, plan.dup, 0)
+        rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+        mask = plan.mask if rpb is None else _bias(plan, rpb.detach())
+        qt, kt, vt, out_t, dout_t = _sdpa_shape(
+            (_tiles(q, "q", plan), _tiles(k, "k", plan), _tiles(v, "k", plan), _tiles(out, "q", plan), dout_t),
+            plan, mask is None or rpb is not None)
+        if q.shape[-1] == v.shape[-1]:
+            dq, dk, dv = _flash_bwd(dout_t, qt, kt, vt, out_t, lse, 0.0, False, attn_mask=mask, scale=scale)
+        else:  # no flash kernel for Dv != D
+            dq, dk, dv = _math_backward(qt, kt, vt, out_t, dout_t, lse, mask, scale)
+        drpb = _rpb_grad(plan, rpb.detach(), qt, kt, vt, out_t, dout_t, lse, scale) if rpb_grad else None
+        # a duplicate query slot got zero output gradient, so its dq is zero: dq is a plain gather
+        dq = _untile(dq, plan, q.shape) if ctx.needs_input_grad[0] else None
+        dk = _scatter_keys(dk, plan, k) if ctx.needs_input_grad[1] else None
+        dv = _scatter_keys(dv, plan, v) if ctx.needs_input_grad[2] else None
+        return dq, dk, dv, drpb, None, None
+
+
+def _math_attend(q, k, v, mask, scale):
+    """Attention on explicit logits (Dv != D, or rpb gradients): returns output and log-sum-exp."""
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)).mul_(scale)
+    if mask is not None:
+        s = s + mask.to(acc)
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s.sub_(lse[..., None]))
+    return torch.matmul(p, v.to(acc)).to(q.dtype), lse
+
+
+def _math_backward(qt, kt, vt, out_t, dout_t, lse, mask, scale):
+    """Attention backward on explicit logits (only for Dv != D, which flash does not take)."""
+    dt = qt.dtype
+    acc = torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
+    qt, kt, vt, out_t, dout_t = (t.to(acc) for t in (qt, kt, vt, out_t, dout_t))
+    s = torch.matmul(qt, kt.transpose(-1, -2)).mul_(scale)
+    if mask is not None:
+        s = s + mask.to(acc)
+    p = torch.exp(s.sub_(lse[..., None]))
+    dv = torch.matmul(p.transpose(-1, -2), dout_t)
+    delta = (dout_t * out_t).sum(-1, keepdim=True)
+    ds = p.mul_(torch.matmul(dout_t, vt.transpose(-1, -2)).sub_(delta))
+    dq = torch.matmul(ds, kt).mul_(scale)
+    dk = torch.matmul(ds.transpose(-1, -2), qt).mul_(scale)
+    return dq.to(dt), dk.to(dt), dv.to(dt)
+
+
+def _rpb_grad(plan: _Plan, rpb, qt, kt, vt, out_t, dout_t, lse, scale):
+    """``d rpb``: the logits' gradient ``dS = P * (dO V^T - rowsum(dO * O))`` summed over the batch
+    and scattered by RPB index (flash gives no mask gradient). Few, large ops (each small op costs an
+    OpenMP barrier), in batch chunks of at most ~32 MiB of logits. Slots outside the windows get a
+    zero bias and a clamped exponent, so no ``-inf`` or denormal reaches ``exp`` (both are slow paths
+    on x86); their junk lands in the extra RPB column that is dropped."""
+    acc = torch.float32 if qt.dtype in (torch.float16, torch.bfloat16) else qt.dtype
+    bias = _bias(plan, rpb.to(acc), 0.0)
+    delta = (dout_t.to(acc) * out_t.to(acc)).sum(-1, keepdim=True)
+    dbias = torch.zeros_like(bias[0])
+    step = max(1, (32 << 20) // (bias.numel() * bias.element_size()))
+    for b in range(0, qt.shape[0], step):
+        c = slice(b, b + step)
+        p = torch.matmul(qt[c].to(acc), kt[c].to(acc).transpose(-1, -2)).mul_(scale).add_(bias)
+        p.sub_(lse[c].to(acc).unsqueeze(-1)).clamp_(-80.0, 0.0).exp_()
+        p.mul_(torch.matmul(dout_t[c].to(acc), vt[c].to(acc).transpose(-1, -2)).sub_(delta[c]))
+        dbias += p.sum(0)
+    drpb = torch.zeros(rpb.shape[0], rpb[0].numel() + 1, dtype=acc, device=rpb.device)
+    drpb.index_add_(1, plan.rel, dbias.view(rpb.shape[0], -1))
+    return drpb[:, :-1].reshape(rpb.shape).to(rpb.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_for(h, w, heads, kernel, dilation, stride, device, dtype) -> _Plan:
+    return _plan(h, w, heads, kernel, dilation, stride, _pick_tile(h, w, kernel, dilation, stride), device, dtype)
+
+
+def na2d_cpu(q, k, v, kernel_size, dilation, stride, rpb, scale):
+    """``[B, H, W, heads, D]`` in, ``[B, H, W, heads, Dv]`` out; arguments already validated."""
+    _, h, w, heads, _ = q.shape
+    plan = _plan_for(h, w, heads, tuple(kernel_size), tuple(dilation), tuple(stride), q.device, q.dtype)
+    q, k, v = _aligned(q), _aligned(k), _aligned(v)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                    or (rpb is not None and rpb.requires_grad)):
+        return _NA2dTiled.apply(q, k, v, rpb, plan, float(scale))
+    return _forward(q, k, v, rpb, plan, float(scale))[0]
