@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["backend_override", "extended_tests", "triton_interpret"]
+__all__ = ["backend_override", "distributed_env", "extended_tests", "triton_interpret"]
 
 
 def backend_override() -> str | None:
@@ -24,3 +24,15 @@ def triton_interpret() -> bool:
 def extended_tests() -> bool:
     """``VISIONZOO_EXTENDED_TESTS=1``: run the slow sweeps that the default test tier leaves out."""
     return os.environ.get("VISIONZOO_EXTENDED_TESTS", "0").strip() not in ("", "0", "false", "False")
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` as set by ``torchrun``: ``(rank, world_size, local_rank)``;
+    ``(0, 1, 0)`` when the process was not started by a distributed launcher."""
+    def read(name: str, default: int) -> int:
+        value = os.environ.get(name, "").strip()
+        try:
+            return int(value) if value else default
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+    return read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0)
