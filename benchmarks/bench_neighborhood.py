@@ -31,8 +31,13 @@ import torch.nn.functional as F
 
 from benchmarks import harness
 
-#: whole-model rows: (name, "module:function" building the model); e.g. a dinat_tiny factory
-MODELS: list[tuple[str, str]] = []
+#: whole-model rows: (name, "module:function" building the model)
+MODELS: list[tuple[str, str]] = [("dinat_tiny", "benchmarks.bench_neighborhood:dinat_tiny")]
+
+
+def dinat_tiny() -> torch.nn.Module:
+    import visionzoo
+    return visionzoo.create_model("dinat_tiny")
 
 STAGES = {  # name: (H = W, heads, head dim, dilations)
     "stage1": (56, 2, 32, (1, 8)),
