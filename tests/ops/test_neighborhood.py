@@ -26,9 +26,11 @@ def _window(i: int, n: int, k: int, d: int, s: int) -> tuple[list[int], list[int
     return [x * d + g for x in pos], [x - p + k - 1 for x in pos]
 
 
-def _dense_oracle(q, k, v, kernel, dilation, stride, rpb, scale):
-    """Full ``HW x HW`` masked attention in float64 with the bias placed from :func:`_window`."""
+def _dense_oracle(q, k, v, kernel, dilation, stride, rpb, scale, valid=None):
+    """Full ``HW x HW`` masked attention in float64 with the bias placed from :func:`_window`;
+    keys outside the ``valid`` top-left rectangle are padding."""
     b, h, w, heads, _ = q.shape
+    vh, vw = valid or (h, w)
     bias = torch.full((heads, h * w, h * w), float("-inf"), dtype=torch.float64)
     for y in range(h):
         ky, ry = _window(y, h, kernel[0], dilation[0], stride[0])
@@ -36,6 +38,8 @@ def _dense_oracle(q, k, v, kernel, dilation, stride, rpb, scale):
             kx, rx = _window(x, w, kernel[1], dilation[1], stride[1])
             for a, rya in zip(ky, ry):
                 for c, rxc in zip(kx, rx):
+                    if a >= vh or c >= vw:
+                        continue
                     bias[:, y * w + x, a * w + c] = 0.0 if rpb is None else rpb[:, rya, rxc].double()
     qf, kf, vf = (t.double().reshape(b, h * w, heads, -1).transpose(1, 2) for t in (q, k, v))
     attn = (qf @ kf.transpose(-1, -2) * scale + bias).softmax(-1)
@@ -72,6 +76,43 @@ def test_reference_matches_dense_oracle(case, use_rpb):
     assert_close(out, _dense_oracle(q, k, v, kernel, dil, st, rpb, 0.4), what=f"reference {case}")
 
 
+# (H, W, kernel, dilation, stride, valid): zero-padded maps, as MaxViT pads to its window
+PADDED = [
+    (12, 8, (4, 4), (1, 1), (4, 4), (9, 7)),     # blocked attention, last block partly padding
+    (12, 9, (3, 3), (4, 3), (1, 1), (10, 8)),    # grid attention (groups of exactly k)
+    (9, 10, (5, 3), (1, 2), (1, 1), (7, 9)),     # plain NA, padding inside some windows
+]
+
+
+@pytest.mark.parametrize("case", PADDED, ids=str)
+def test_reference_padded_matches_dense_oracle(case):
+    h, w, kernel, dil, st, valid = case
+    q, k, v, rpb = _inputs(2, h, w, 2, 4, kernel=kernel)
+    out = na2d(q, k, v, kernel, dil, st, rpb=rpb, scale=0.4, backend="reference", valid=valid)
+    assert_close(out, _dense_oracle(q, k, v, kernel, dil, st, rpb, 0.4, valid), what=f"reference {case}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("case", PADDED, ids=str)
+def test_padding_never_reaches_real_queries(case, backend):
+    """Whatever the padded keys hold, the real queries' outputs and the real keys' gradients stay."""
+    h, w, kernel, dil, st, valid = case
+    outs, grads = [], []
+    for fill in (0.0, 1e3):
+        q, k, v, rpb = _inputs(1, h, w, 2, 8, kernel=kernel, dtype=torch.float32)
+        for t in (k, v):
+            t[:, valid[0]:] = fill
+            t[:, :, valid[1]:] = fill
+        k.requires_grad_(True)
+        out = na2d(q, k, v, kernel, dil, st, rpb=rpb, backend=backend, valid=valid)
+        out[:, :valid[0], :valid[1]].sum().backward()
+        outs.append(out[:, :valid[0], :valid[1]].detach())
+        grads.append(k.grad)
+    assert_close(outs[1], outs[0], what=f"{backend} padded output {case}")
+    assert_close(grads[1], grads[0], kind="grad", what=f"{backend} padded dk {case}")
+    assert (grads[0][:, valid[0]:] == 0).all() and (grads[0][:, :, valid[1]:] == 0).all()
+
+
 def test_reference_gradcheck():
     q, k, v, rpb = _inputs(1, 5, 4, 2, 3, kernel=(3, 2))
     for t in (q, k, v, rpb):
@@ -100,20 +141,20 @@ CPU_CASES = AWKWARD + [
     (18, 13, (7, 5), (1, 1), (1, 1)),     # tiled with an inward-shifted last tile
     (20, 23, (5, 5), (3, 2), (1, 1)),     # tiled, unequal groups
     (16, 16, (6, 6), (1, 1), (3, 2)),     # tiled, even kernel, stride
-]
+] + PADDED
 GRADS = ("out", "dq", "dk", "dv", "drpb")
 
 
 @functools.lru_cache(maxsize=None)
 def _pair(case, dtype, dv_differs, backend="cpu"):
     """Reference (float64, from the same rounded inputs) and backend forward/backward, once per case."""
-    h, w, kernel, dil, st = case
+    h, w, kernel, dil, st, *valid = case
     q, k, v, rpb = _inputs(2, h, w, 3, 8, dv=6 if dv_differs else None, kernel=kernel, dtype=dtype, seed=1)
     grad = torch.randn(2, h, w, 3, v.shape[-1], generator=torch.Generator().manual_seed(2), dtype=dtype)
     results = []
     for bk, dt in (("reference", torch.float64), (backend, dtype)):
         ins = [t.detach().to(dt).requires_grad_(True) for t in (q, k, v, rpb)]
-        out = na2d(*ins[:3], kernel, dil, st, rpb=ins[3], scale=0.3, backend=bk)
+        out = na2d(*ins[:3], kernel, dil, st, rpb=ins[3], scale=0.3, backend=bk, valid=valid[0] if valid else None)
         out.backward(grad.to(dt))
         results.append(dict(zip(GRADS, [out.detach()] + [t.grad for t in ins])))
     return results
@@ -138,14 +179,14 @@ def test_cpu_matches_reference_dv_differs(case, what):
 def test_cpu_frozen_rpb_and_strided_inputs(case):
     """rpb without gradient takes the flash path with a bias; q, k, v as views of one qkv tensor
     (what a model's projection gives) are read through their strides, without a copy."""
-    h, w, kernel, dil, st = case
+    h, w, kernel, dil, st, *valid = case
     g = torch.Generator().manual_seed(3)
     qkv = torch.randn(2, h, w, 3, 3, 8, generator=g, dtype=torch.float64).requires_grad_(True)
     rpb = torch.randn(3, 2 * kernel[0] - 1, 2 * kernel[1] - 1, generator=g, dtype=torch.float64)
     grad = torch.randn(2, h, w, 3, 8, generator=g, dtype=torch.float64)
     outs, grads = [], []
     for backend in ("reference", "cpu"):
-        out = na2d(*qkv.unbind(3), kernel, dil, st, rpb=rpb, backend=backend)
+        out = na2d(*qkv.unbind(3), kernel, dil, st, rpb=rpb, backend=backend, valid=valid[0] if valid else None)
         outs.append(out)
         grads.append(torch.autograd.grad(out, qkv, grad)[0])
     assert_close(outs[1], outs[0], what="strided out")
@@ -213,6 +254,9 @@ def _ok(**over):
     (dict(kernel_size=(3, 3, 3)), ValueError, r"kernel_size must be an int or a sequence of 2"),
     (dict(dilation=0), ValueError, r"dilation must be >= 1"),
     (dict(q="x"), TypeError, r"q must be a tensor"),
+    (dict(valid=(7, 6)), ValueError, r"valid \(7, 6\) must not exceed the map size \(6, 6\)"),
+    (dict(valid=(6, 0)), ValueError, r"valid must be >= 1"),
+    (dict(valid=(6, 3), kernel_size=2, stride=2), ValueError, r"on axis 1 some windows .* hold only padding"),
 ])
 def test_na2d_argument_errors(over, err, match):
     with pytest.raises(err, match=match):

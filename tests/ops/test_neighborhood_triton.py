@@ -41,11 +41,12 @@ class Case:
     dilation: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     rpb: bool = True
+    valid: tuple[int, int] | None = None  # real size of a zero-padded map
 
     def __str__(self):
         return (f"{self.H}x{self.W}-h{self.heads}-D{self.D}v{self.Dv}-k{self.kernel[0]}x{self.kernel[1]}"
                 f"-d{self.dilation[0]}x{self.dilation[1]}-s{self.stride[0]}x{self.stride[1]}"
-                f"{'-rpb' if self.rpb else ''}")
+                f"{'-rpb' if self.rpb else ''}{'-valid%dx%d' % self.valid if self.valid else ''}")
 
 
 CASES = [
@@ -60,6 +61,8 @@ CASES = [
     Case(14, 14, 1, 16, 16, (13, 13)),  # largest kernel, window clamped at every border
     Case(1, 14, 2, 16, 16, (1, 7), (1, 2)),  # 1-D map (na1d's shape)
     Case(10, 12, 1, 64, 64, (5, 5), (2, 1)),  # head dim 64
+    Case(12, 8, 1, 16, 16, (4, 4), (1, 1), (4, 4), valid=(9, 7)),  # blocked attention on a padded map
+    Case(12, 9, 1, 16, 16, (3, 3), (4, 3), valid=(10, 8)),  # grid attention on a padded map
 ]
 LOW_PRECISION = [
     pytest.param(torch.float16, CASES[0], id="fp16-" + str(CASES[0])),
@@ -89,7 +92,8 @@ def _inputs(case: Case, dtype: torch.dtype, seed: int = 0):
 
 def _run(fn, case, tensors, dout):
     q, k, v, rpb = tensors
-    out = fn(q, k, v, case.kernel, case.dilation, case.stride, rpb, case.D ** -0.5)
+    extra = () if case.valid is None else (case.valid,)
+    out = fn(q, k, v, case.kernel, case.dilation, case.stride, rpb, case.D ** -0.5, *extra)
     leaves = [t for t in tensors if t is not None]
     grads = torch.autograd.grad(out, leaves, dout)
     return dict(zip(NAMES, (out.detach(), *grads)))
@@ -103,9 +107,9 @@ def _reference(case: Case, dtype: torch.dtype):
     return _run(na2d_reference, case, tensors, dout.double())
 
 
-def _na2d_triton(q, k, v, kernel_size, dilation, stride, rpb, scale):
+def _na2d_triton(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None):
     """Through the public front door, so argument handling and dispatch are covered too."""
-    return na2d(q, k, v, kernel_size, dilation, stride, rpb, scale, backend="triton")
+    return na2d(q, k, v, kernel_size, dilation, stride, rpb, scale, backend="triton", valid=valid)
 
 
 def _triton(case: Case, dtype: torch.dtype):
@@ -172,7 +176,7 @@ def test_repeatable():
 def test_opcheck(with_rpb):
     case = Case(4, 5, 1, 16, 16, (3, 3), (1, 2), rpb=with_rpb)
     (q, k, v, rpb), dout = _inputs(case, torch.float32)
-    geometry = (list(case.kernel), list(case.dilation), list(case.stride), 0.25)
+    geometry = (list(case.kernel), list(case.dilation), list(case.stride), 0.25, [case.H, case.W - 1])
     torch.library.opcheck(torch.ops.visionzoo.na2d_fwd.default, (q, k, v, rpb, *geometry))
     out, lse = torch.ops.visionzoo.na2d_fwd(q, k, v, rpb, *geometry)
     detached = [None if t is None else t.detach() for t in (q, k, v, out, lse, rpb)]

@@ -13,7 +13,7 @@ Algorithm (per axis, then combined as an outer product of the two axes):
 3. Key halos. A tile's queries see the union of their windows (``axis_tables`` of the reference
    gives each window), at most ``L`` consecutive positions; the halo is the ``L`` positions from
    the first window's start, shifted inward at the group's end. Slots past a short group's end
-   are masked.
+   are masked, and so are keys in the zero padding of a map with a ``valid`` size.
 4. One attention call. Queries ``[B, heads * tiles, t_h * t_w, D]`` and halo keys/values
    ``[B, heads * tiles, L_h * L_w, D]`` are gathered with a single ``index_select`` each from the
    ``[B, H * W * heads, D]`` rows of the input (a (token, head) row index, so no permute copy),
@@ -67,7 +67,7 @@ class _Axis:
     row: torch.Tensor  # [n] row of each coordinate inside its canonical tile
 
 
-def _axis_plan(n: int, kernel: int, dilation: int, stride: int, t: int) -> _Axis:
+def _axis_plan(n: int, kernel: int, dilation: int, stride: int, t: int, n_valid: int | None = None) -> _Axis:
     idx, _, valid = axis_tables(n, kernel, dilation, stride)
     groups, longest = min(dilation, n), -(-n // dilation)
     t = min(t, longest)
@@ -86,6 +86,8 @@ def _axis_plan(n: int, kernel: int, dilation: int, stride: int, t: int) -> _Axis
     k = torch.minimum(k_pos, n_g[:, None, None] - 1) * dilation + g[:, None, None]
     kp = k_pos[:, :, None, :]
     allow = (kp >= first[..., None]) & (kp < last[..., None]) & inside[:, :, None, :]
+    if n_valid is not None:  # keys in the zero padding
+        allow &= (k < n_valid)[:, :, None, :]
     rel = torch.where(allow, kp - q_pos[..., None] + kernel - 1, 0)
     coord = torch.arange(n)
     gc, pc = coord % dilation, coord // dilation
@@ -160,9 +162,10 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(h, w, heads, kernel, dilation, stride, tile, device, dtype) -> _Plan:
-    ah = _axis_plan(h, kernel[0], dilation[0], stride[0], tile[0])
-    aw = _axis_plan(w, kernel[1], dilation[1], stride[1], tile[1])
+def _plan(h, w, heads, kernel, dilation, stride, tile, device, dtype, valid=None) -> _Plan:
+    vh, vw = (None, None) if valid is None else valid
+    ah = _axis_plan(h, kernel[0], dilation[0], stride[0], tile[0], vh)
+    aw = _axis_plan(w, kernel[1], dilation[1], stride[1], tile[1], vw)
     gh, th, lqh = ah.q.shape
     gw, tw, lqw = aw.q.shape
     lkh, lkw = ah.k.shape[2], aw.k.shape[2]
@@ -348,14 +351,17 @@ def _rpb_grad(plan: _Plan, rpb, qt, kt, vt, out_t, dout_t, lse, scale):
 
 
 @functools.lru_cache(maxsize=64)
-def _plan_for(h, w, heads, kernel, dilation, stride, device, dtype) -> _Plan:
-    return _plan(h, w, heads, kernel, dilation, stride, _pick_tile(h, w, kernel, dilation, stride), device, dtype)
+def _plan_for(h, w, heads, kernel, dilation, stride, device, dtype, valid) -> _Plan:
+    tile = _pick_tile(h, w, kernel, dilation, stride)
+    return _plan(h, w, heads, kernel, dilation, stride, tile, device, dtype, valid)
 
 
-def na2d_cpu(q, k, v, kernel_size, dilation, stride, rpb, scale):
-    """``[B, H, W, heads, D]`` in, ``[B, H, W, heads, Dv]`` out; arguments already validated."""
+def na2d_cpu(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None):
+    """``[B, H, W, heads, D]`` in, ``[B, H, W, heads, Dv]`` out; arguments already validated.
+    ``valid``: real ``(Hv, Wv)`` of a zero-padded map, its padding keys are masked (see ``na2d``)."""
     _, h, w, heads, _ = q.shape
-    plan = _plan_for(h, w, heads, tuple(kernel_size), tuple(dilation), tuple(stride), q.device, q.dtype)
+    plan = _plan_for(h, w, heads, tuple(kernel_size), tuple(dilation), tuple(stride), q.device, q.dtype,
+                     None if valid is None else tuple(valid))
     q, k, v = _aligned(q), _aligned(k), _aligned(v)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
                                     or (rpb is not None and rpb.requires_grad)):

@@ -7,7 +7,9 @@ Per axis of length ``n`` with kernel ``k``, dilation ``d`` and stride ``s`` (que
   the whole group instead of failing);
 * stride groups share the window of their leader ``l = min((p // s) * s + s // 2, n_g - 1)``;
 * window start ``w = clamp(l - k // 2, 0, n_g - k_g)``; neighbours ``(w + j) * d + g`` for ``j < k_g``;
-* relative-position-bias index ``(w + j) - p + (k - 1)`` in ``[0, 2k - 2]`` (NATTEN <= 0.17 layout).
+* relative-position-bias index ``(w + j) - p + (k - 1)`` in ``[0, 2k - 2]`` (NATTEN <= 0.17 layout);
+* with ``valid = (Hv, Wv)`` (a zero-padded map) keys at row ``>= Hv`` or column ``>= Wv`` are masked;
+  windows are placed on the padded map all the same.
 
 This file gathers every window explicitly (k-fold memory): obviously correct, not fast.
 """
@@ -42,7 +44,7 @@ def axis_tables(n: int, kernel: int, dilation: int, stride: int, device=None):
     return idx, rel, valid
 
 
-def na2d_reference(q, k, v, kernel_size, dilation, stride, rpb, scale):
+def na2d_reference(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None):
     """``[B, H, W, heads, D]`` in, ``[B, H, W, heads, D]`` out; arguments already validated."""
     _, H, W, heads, _ = q.shape
     ih, rh, vh = axis_tables(H, kernel_size[0], dilation[0], stride[0], q.device)
@@ -54,6 +56,8 @@ def na2d_reference(q, k, v, kernel_size, dilation, stride, rpb, scale):
     logits = torch.einsum("bxyhd,bxyijhd->bxyhij", q * scale, k_nb)
     if rpb is not None:
         logits = logits + rpb[:, rh[:, None, :, None], rw[None, :, None, :]].permute(1, 2, 0, 3, 4)
+    if valid is not None:
+        vh, vw = vh & (ih < valid[0]), vw & (iw < valid[1])
     valid = vh[:, None, :, None] & vw[None, :, None, :]  # [H, W, kh, kw]
     logits = logits.masked_fill(~valid[:, :, None], float("-inf"))
     attn = logits.flatten(-2).softmax(-1).view_as(logits)

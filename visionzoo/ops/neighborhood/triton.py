@@ -3,7 +3,7 @@
 Algorithm: fused, tiled neighborhood attention (flash-attention 2 style online softmax over the
 union of a query tile's windows; key-centric dK/dV over the inverse neighbourhood); the
 kernels and their header live in :mod:`.triton_kernels`.
-Ops: ``visionzoo::na2d_fwd(q, k, v, rpb?, kernel_size, dilation, stride, scale) -> (out, lse)``
+Ops: ``visionzoo::na2d_fwd(q, k, v, rpb?, kernel_size, dilation, stride, scale, valid) -> (out, lse)``
 and ``visionzoo::na2d_bwd(...) -> (dq, dk, dv, drpb)``: ``torch.library.custom_op`` with
 explicit fake kernels and ``register_autograd`` on the forward (the backward saves q, k, v, out,
 lse and rpb), so ``torch.compile(fullgraph=True)`` traces them as opaque nodes and ``opcheck``
@@ -96,8 +96,9 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def na2d_forward(q, k, v, rpb, kernel_size, dilation, stride, scale):
-    """Launch the fused forward; returns ``out [B, H, W, heads, Dv]`` and ``lse [B, H, W, heads]`` (fp32)."""
+def na2d_forward(q, k, v, rpb, kernel_size, dilation, stride, scale, valid=None):
+    """Launch the fused forward; returns ``out [B, H, W, heads, Dv]`` and ``lse [B, H, W, heads]`` (fp32).
+    ``valid``: real ``(Hv, Wv)`` of a zero-padded map (padding keys masked), default the whole map."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, H, W, heads, D = q.shape
     Dv = v.shape[-1]
@@ -107,12 +108,13 @@ def na2d_forward(q, k, v, rpb, kernel_size, dilation, stride, scale):
     grid, tiles = _grid(groups, dilation, q_tile, B * heads)
     _k._na2d_fwd_kernel[grid](
         q, k, v, q if rpb is None else rpb.contiguous(), out, lse,
-        *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], H, W, heads, D, Dv, scale * _LOG2E, *tiles,
+        *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], H, W, heads, D, Dv, *(valid or (H, W)),
+        scale * _LOG2E, *tiles,
         TQH=q_tile[0], TQW=q_tile[1], TKH=k_tile[0], TKW=k_tile[1], **consts)
     return out, lse
 
 
-def na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale):
+def na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale, valid=None):
     """Launch delta, dQ (+ d(rpb)) and dK/dV kernels; returns ``dq, dk, dv, drpb`` (drpb empty without rpb)."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     dout, out = dout.contiguous(), out.contiguous()
@@ -122,6 +124,7 @@ def na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, s
     groups, (_, (q_tile, k_tile), (own_tile, step_tile)), consts = _plan(
         q, v, kernel_size, dilation, stride, rpb is not None)
     strides = (*q.stride()[:4], *k.stride()[:4], *v.stride()[:4])
+    real = tuple(valid or (H, W))
     rpb_arg = q if rpb is None else rpb.contiguous()
 
     rows = B * H * W * heads
@@ -137,7 +140,7 @@ def na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, s
     grid, tiles = _grid(groups, dilation, q_tile, B * heads)
     _k._na2d_bwd_dq_kernel[grid](
         q, k, v, rpb_arg, dout, lse, delta, dq, drpb if rpb is not None else dq, *strides,
-        H, W, heads, D, Dv, scale * _LOG2E, scale, *tiles,
+        H, W, heads, D, Dv, *real, scale * _LOG2E, scale, *tiles,
         TQH=q_tile[0], TQW=q_tile[1], TKH=k_tile[0], TKW=k_tile[1], **consts)
 
     # key-centric: a program owns a key tile and steps over its inverse neighbourhood's queries
@@ -146,7 +149,7 @@ def na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, s
     grid, tiles = _grid(groups, dilation, own_tile, B * heads)
     _k._na2d_bwd_dkdv_kernel[grid](
         q, k, v, rpb_arg, dout, lse, delta, dk, dv, *strides,
-        H, W, heads, D, Dv, scale * _LOG2E, scale, *tiles,
+        H, W, heads, D, Dv, *real, scale * _LOG2E, scale, *tiles,
         TQH=step_tile[0], TQW=step_tile[1], TKH=own_tile[0], TKW=own_tile[1],
         PROBE_H=_pow2(own_tile[0] + 2 * (kh + stride[0] - 2)),
         PROBE_W=_pow2(own_tile[1] + 2 * (kw + stride[1] - 2)), **consts)
@@ -157,42 +160,42 @@ def na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, s
 
 @torch.library.custom_op("visionzoo::na2d_fwd", mutates_args=(),
                          schema="(Tensor q, Tensor k, Tensor v, Tensor? rpb, int[] kernel_size, int[] dilation, "
-                                "int[] stride, float scale) -> (Tensor, Tensor)")
-def _na2d_fwd_op(q, k, v, rpb, kernel_size, dilation, stride, scale):
-    return na2d_forward(q, k, v, rpb, kernel_size, dilation, stride, scale)
+                                "int[] stride, float scale, int[] valid) -> (Tensor, Tensor)")
+def _na2d_fwd_op(q, k, v, rpb, kernel_size, dilation, stride, scale, valid):
+    return na2d_forward(q, k, v, rpb, kernel_size, dilation, stride, scale, valid)
 
 
 @_na2d_fwd_op.register_fake
-def _(q, k, v, rpb, kernel_size, dilation, stride, scale):
+def _(q, k, v, rpb, kernel_size, dilation, stride, scale, valid):
     return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.custom_op("visionzoo::na2d_bwd", mutates_args=(),
                          schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? rpb, "
-                                "int[] kernel_size, int[] dilation, int[] stride, float scale) "
+                                "int[] kernel_size, int[] dilation, int[] stride, float scale, int[] valid) "
                                 "-> (Tensor, Tensor, Tensor, Tensor)")
-def _na2d_bwd_op(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale):
-    return na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale)
+def _na2d_bwd_op(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale, valid):
+    return na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale, valid)
 
 
 @_na2d_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale):
+def _(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, scale, valid):
     drpb = q.new_empty((0,), dtype=torch.float32) if rpb is None else rpb.new_empty(rpb.shape)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drpb
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, rpb, kernel_size, dilation, stride, scale = inputs
+    q, k, v, rpb, kernel_size, dilation, stride, scale, valid = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse, rpb)
-    ctx.geometry = (kernel_size, dilation, stride, scale)
+    ctx.geometry = (kernel_size, dilation, stride, scale, valid)
 
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, rpb = ctx.saved_tensors
     dq, dk, dv, drpb = torch.ops.visionzoo.na2d_bwd(dout, q, k, v, out, lse, rpb, *ctx.geometry)
-    return dq, dk, dv, (drpb if rpb is not None else None), None, None, None, None
+    return dq, dk, dv, (drpb if rpb is not None else None), None, None, None, None, None
 
 
 _na2d_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -200,7 +203,7 @@ _na2d_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def na2d_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: tuple[int, int],
                 dilation: tuple[int, int], stride: tuple[int, int], rpb: Optional[torch.Tensor],
-                scale: float) -> torch.Tensor:
+                scale: float, valid: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """``[B, H, W, heads, D]`` q/k and ``[B, H, W, heads, Dv]`` v in, ``[B, H, W, heads, Dv]`` out;
     arguments already validated by :func:`~visionzoo.ops.neighborhood.na2d`."""
     if q.dtype not in _DTYPES:
@@ -208,6 +211,7 @@ def na2d_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: 
     if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
         raise ValueError(f"na2d triton backend supports head dims <= {_MAX_HEAD_DIM}, got "
                          f"{q.shape[-1]} / {v.shape[-1]}")
+    real = list(valid) if valid is not None else [q.shape[1], q.shape[2]]
     out, _ = torch.ops.visionzoo.na2d_fwd(q, k, v, rpb, list(kernel_size), list(dilation), list(stride),
-                                          float(scale))
+                                          float(scale), real)
     return out

@@ -91,6 +91,42 @@ def _rpb_offset(dr, dc, KH: tl.constexpr, KW: tl.constexpr):
 
 
 @triton.jit
+def _query_tile(pid, H, W, TILES_H, TILES_W, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr,
+                DW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr):
+    """Query tile ``pid`` -> its dilation groups, the per-axis group lengths and clamped kernels, each
+    query's group position, validity and window start, and the key rectangle its windows reach."""
+    gh, ph0, ngh, kgh = _axis_tile(pid // (DW * TILES_W), H, DH, TILES_H, TQH, KH)
+    gw, pw0, ngw, kgw = _axis_tile(pid % (DW * TILES_W), W, DW, TILES_W, TQW, KW)
+    offs_q = tl.arange(0, TQH * TQW)
+    ph = ph0 + offs_q // TQW
+    pw = pw0 + offs_q % TQW
+    q_ok = (ph < ngh) & (pw < ngw)
+    wh = _window_start(ph, ngh, kgh, KH, SH)
+    ww = _window_start(pw, ngw, kgw, KW, SW)
+    r_lo, r_hi = _window_union(ph0, ngh, kgh, KH, SH, TQH)
+    c_lo, c_hi = _window_union(pw0, ngw, kgw, KW, SW, TQW)
+    return gh, gw, kgh, kgw, ph, pw, q_ok, wh, ww, r_lo, r_hi, c_lo, c_hi
+
+
+@triton.jit
+def _scores(a, b_t, dr, dc, win, RPB, head, qk_scale, KH: tl.constexpr, KW: tl.constexpr,
+            HAS_RPB: tl.constexpr, PRECISION: tl.constexpr):
+    """Base-2 logits ``a @ b_t * qk_scale`` (+ RPB at key-minus-query offsets ``(dr, dc)``), ``-inf``
+    outside ``win``; also the RPB offsets (for d(rpb)). Serves ``[queries, keys]`` and transposed tiles."""
+    rel = _rpb_offset(dr, dc, KH, KW)
+    s = _mma(a, b_t, PRECISION) * qk_scale
+    if HAS_RPB:
+        s += tl.load(RPB + head * ((2 * KH - 1) * (2 * KW - 1)) + rel, mask=win, other=0.0).to(tl.float32) * _LOG2E
+    return tl.where(win, s, float("-inf")), rel
+
+
+@triton.jit
+def _in_window(r, c, wh, ww, kgh, kgw, ok):
+    """Key ``(r, c)`` (group coordinates) lies in the window starting at ``(wh, ww)``, and ``ok``."""
+    return ok & (r >= wh) & (r < wh + kgh) & (c >= ww) & (c < ww + kgw)
+
+
+@triton.jit
 def _na2d_fwd_kernel(
     Q, K, V,  # [B, H, W, heads, D], [B, H, W, heads, D], [B, H, W, heads, DV]; last dim contiguous
     RPB,  # [heads, 2KH-1, 2KW-1] (any tensor when not HAS_RPB)
@@ -98,6 +134,7 @@ def _na2d_fwd_kernel(
     LSE,  # [B, H, W, heads] fp32 contiguous: natural-log logsumexp of each query's logits
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     H, W, HEADS, D, DV,
+    VH, VW,  # real map size: keys at row >= VH or column >= VW are zero padding, masked
     qk_scale,  # scale * log2(e)
     TILES_H, TILES_W,  # query tiles per dilation group along each axis
     KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -105,20 +142,12 @@ def _na2d_fwd_kernel(
     TQH: tl.constexpr, TQW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    RPB_SIZE: tl.constexpr = (2 * KH - 1) * (2 * KW - 1)
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
     head = bh % HEADS
-    gh, ph0, ngh, kgh = _axis_tile(pid // (DW * TILES_W), H, DH, TILES_H, TQH, KH)
-    gw, pw0, ngw, kgw = _axis_tile(pid % (DW * TILES_W), W, DW, TILES_W, TQW, KW)
-
-    offs_q = tl.arange(0, TQH * TQW)
-    ph = ph0 + offs_q // TQW
-    pw = pw0 + offs_q % TQW
-    q_ok = (ph < ngh) & (pw < ngw)
-    wh = _window_start(ph, ngh, kgh, KH, SH)
-    ww = _window_start(pw, ngw, kgw, KW, SW)
+    gh, gw, kgh, kgw, ph, pw, q_ok, wh, ww, r_lo, r_hi, c_lo, c_hi = _query_tile(
+        pid, H, W, TILES_H, TILES_W, KH, KW, DH, DW, SH, SW, TQH, TQW)
     ih = ph * DH + gh
     iw = pw * DW + gw
     offs_d = tl.arange(0, BLOCK_D)
@@ -129,8 +158,6 @@ def _na2d_fwd_kernel(
     m_i = tl.full([TQH * TQW], -1.0e30, tl.float32)  # finite: a fully masked key tile keeps alpha = 1
     l_i = tl.zeros([TQH * TQW], tl.float32)
     acc = tl.zeros([TQH * TQW, BLOCK_DV], tl.float32)
-    r_lo, r_hi = _window_union(ph0, ngh, kgh, KH, SH, TQH)
-    c_lo, c_hi = _window_union(pw0, ngw, kgw, KW, SW, TQW)
     offs_k = tl.arange(0, TKH * TKW)
     for r0 in range(r_lo, r_hi, TKH):
         for c0 in range(c_lo, c_hi, TKW):
@@ -141,13 +168,10 @@ def _na2d_fwd_kernel(
             jw = c * DW + gw
             kt = tl.load(K + (b * skb + jh * skh + jw * skw + head * skn)[:, None] + offs_d[None, :],
                          mask=k_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-            win = (q_ok[:, None] & (r[None, :] >= wh[:, None]) & (r[None, :] < wh[:, None] + kgh)
-                   & (c[None, :] >= ww[:, None]) & (c[None, :] < ww[:, None] + kgw))
-            s = _mma(q, tl.trans(kt), PRECISION) * qk_scale
-            if HAS_RPB:
-                rel = _rpb_offset(r[None, :] - ph[:, None], c[None, :] - pw[:, None], KH, KW)
-                s += tl.load(RPB + head * RPB_SIZE + rel, mask=win, other=0.0).to(tl.float32) * _LOG2E
-            s = tl.where(win, s, float("-inf"))
+            win = _in_window(r[None, :], c[None, :], wh[:, None], ww[:, None], kgh, kgw,
+                             q_ok[:, None] & ((jh < VH) & (jw < VW))[None, :])
+            s, _ = _scores(q, tl.trans(kt), r[None, :] - ph[:, None], c[None, :] - pw[:, None], win, RPB, head,
+                           qk_scale, KH, KW, HAS_RPB, PRECISION)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
@@ -189,6 +213,7 @@ def _na2d_bwd_dq_kernel(
     DRPB,  # [B, heads, 2KH-1, 2KW-1] fp32 zero-initialised; one slab per batch element cuts atomic contention
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     H, W, HEADS, D, DV,
+    VH, VW,
     qk_scale, scale,
     TILES_H, TILES_W,
     KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -201,15 +226,8 @@ def _na2d_bwd_dq_kernel(
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
     head = bh % HEADS
-    gh, ph0, ngh, kgh = _axis_tile(pid // (DW * TILES_W), H, DH, TILES_H, TQH, KH)
-    gw, pw0, ngw, kgw = _axis_tile(pid % (DW * TILES_W), W, DW, TILES_W, TQW, KW)
-
-    offs_q = tl.arange(0, TQH * TQW)
-    ph = ph0 + offs_q // TQW
-    pw = pw0 + offs_q % TQW
-    q_ok = (ph < ngh) & (pw < ngw)
-    wh = _window_start(ph, ngh, kgh, KH, SH)
-    ww = _window_start(pw, ngw, kgw, KW, SW)
+    gh, gw, kgh, kgw, ph, pw, q_ok, wh, ww, r_lo, r_hi, c_lo, c_hi = _query_tile(
+        pid, H, W, TILES_H, TILES_W, KH, KW, DH, DW, SH, SW, TQH, TQW)
     ih = ph * DH + gh
     iw = pw * DW + gw
     offs_d = tl.arange(0, BLOCK_D)
@@ -222,8 +240,6 @@ def _na2d_bwd_dq_kernel(
     delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
 
     dq = tl.zeros([TQH * TQW, BLOCK_D], tl.float32)
-    r_lo, r_hi = _window_union(ph0, ngh, kgh, KH, SH, TQH)
-    c_lo, c_hi = _window_union(pw0, ngw, kgw, KW, SW, TQW)
     offs_k = tl.arange(0, TKH * TKW)
     for r0 in range(r_lo, r_hi, TKH):
         for c0 in range(c_lo, c_hi, TKW):
@@ -236,13 +252,10 @@ def _na2d_bwd_dq_kernel(
                          mask=k_ok[:, None] & (offs_d < D)[None, :], other=0.0)
             vt = tl.load(V + (b * svb + jh * svh + jw * svw + head * svn)[:, None] + offs_dv[None, :],
                          mask=k_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
-            win = (q_ok[:, None] & (r[None, :] >= wh[:, None]) & (r[None, :] < wh[:, None] + kgh)
-                   & (c[None, :] >= ww[:, None]) & (c[None, :] < ww[:, None] + kgw))
-            s = _mma(q, tl.trans(kt), PRECISION) * qk_scale
-            if HAS_RPB:
-                rel = _rpb_offset(r[None, :] - ph[:, None], c[None, :] - pw[:, None], KH, KW)
-                s += tl.load(RPB + head * RPB_SIZE + rel, mask=win, other=0.0).to(tl.float32) * _LOG2E
-            s = tl.where(win, s, float("-inf"))
+            win = _in_window(r[None, :], c[None, :], wh[:, None], ww[:, None], kgh, kgw,
+                             q_ok[:, None] & ((jh < VH) & (jw < VW))[None, :])
+            s, rel = _scores(q, tl.trans(kt), r[None, :] - ph[:, None], c[None, :] - pw[:, None], win, RPB, head,
+                             qk_scale, KH, KW, HAS_RPB, PRECISION)
             p = tl.exp2(s - lse2[:, None])
             dp = _mma(do, tl.trans(vt), PRECISION)
             ds = p * (dp - delta[:, None])
@@ -263,6 +276,7 @@ def _na2d_bwd_dkdv_kernel(
     DK, DV_,  # [B, H, W, heads, D], [B, H, W, heads, DV] contiguous
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     H, W, HEADS, D, DV,
+    VH, VW,
     qk_scale, scale,
     TILES_H, TILES_W,  # key tiles (TKH x TKW, this program's) per dilation group along each axis
     KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -271,7 +285,6 @@ def _na2d_bwd_dkdv_kernel(
     PROBE_H: tl.constexpr, PROBE_W: tl.constexpr,  # pow2 >= TK + 2 (K + S - 2): see _inverse_union
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    RPB_SIZE: tl.constexpr = (2 * KH - 1) * (2 * KW - 1)
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
@@ -285,6 +298,7 @@ def _na2d_bwd_dkdv_kernel(
     k_ok = (r < ngh) & (c < ngw)
     jh = r * DH + gh
     jw = c * DW + gw
+    k_real = (jh < VH) & (jw < VW)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     kt = tl.load(K + (b * skb + jh * skh + jw * skw + head * skn)[:, None] + offs_d[None, :],
@@ -314,13 +328,10 @@ def _na2d_bwd_dkdv_kernel(
             lse2 = tl.load(LSE + row, mask=q_ok, other=0.0) * _LOG2E
             delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
             # transposed tiles [keys, queries]: rows of the dots are this program's keys
-            win = (q_ok[None, :] & (r[:, None] >= wh[None, :]) & (r[:, None] < wh[None, :] + kgh)
-                   & (c[:, None] >= ww[None, :]) & (c[:, None] < ww[None, :] + kgw))
-            s_t = _mma(kt, tl.trans(q), PRECISION) * qk_scale
-            if HAS_RPB:
-                rel = _rpb_offset(r[:, None] - ph[None, :], c[:, None] - pw[None, :], KH, KW)
-                s_t += tl.load(RPB + head * RPB_SIZE + rel, mask=win, other=0.0).to(tl.float32) * _LOG2E
-            s_t = tl.where(win, s_t, float("-inf"))
+            win = _in_window(r[:, None], c[:, None], wh[None, :], ww[None, :], kgh, kgw,
+                             q_ok[None, :] & k_real[:, None])
+            s_t, _ = _scores(kt, tl.trans(q), r[:, None] - ph[None, :], c[:, None] - pw[None, :], win, RPB, head,
+                             qk_scale, KH, KW, HAS_RPB, PRECISION)
             p_t = tl.exp2(s_t - lse2[None, :])
             dv += _mma(p_t.to(do.dtype), do, PRECISION)
             dp_t = _mma(vt, tl.trans(do), PRECISION)
