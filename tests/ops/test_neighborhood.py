@@ -142,6 +142,13 @@ CPU_CASES = AWKWARD + [
     (20, 23, (5, 5), (3, 2), (1, 1)),     # tiled, unequal groups
     (16, 16, (6, 6), (1, 1), (3, 2)),     # tiled, even kernel, stride
 ] + PADDED
+# maps large enough that blocked / grid attention take the reshape-permute (cells) path
+PARTITIONS = [
+    (28, 21, (7, 7), (1, 1), (7, 7)),
+    (28, 28, (7, 7), (4, 4), (1, 1)),
+    (28, 28, (7, 7), (1, 1), (7, 7), (26, 23)),
+]
+CPU_CASES += PARTITIONS
 GRADS = ("out", "dq", "dk", "dv", "drpb")
 
 
@@ -191,6 +198,20 @@ def test_cpu_frozen_rpb_and_strided_inputs(case):
         grads.append(torch.autograd.grad(out, qkv, grad)[0])
     assert_close(outs[1], outs[0], what="strided out")
     assert_close(grads[1], grads[0], kind="grad", what="strided dqkv")
+
+
+@pytest.mark.parametrize("geometry,cells", [
+    (PARTITIONS[0][:5], (4, 7, 1, 3, 7, 1)),    # blocked attention
+    (PARTITIONS[1][:5], (1, 7, 4, 1, 7, 4)),    # grid attention
+    (PARTITIONS[2][:5], (4, 7, 1, 4, 7, 1)),    # blocked, padded
+    ((18, 13, (7, 5), (1, 1), (1, 1)), None),                    # overlapping halos: index tables
+])
+def test_cpu_partition_plans(geometry, cells):
+    """Blocked and grid geometries take the reshape-permute path that the cases above check."""
+    from visionzoo.ops.neighborhood import cpu
+    h, w, kernel, dil, st = geometry
+    plan = cpu._plan_for(h, w, 2, kernel, dil, st, torch.device("cpu"), torch.float32, None)
+    assert plan.cells == cells
 
 
 def test_cpu_gradcheck():
