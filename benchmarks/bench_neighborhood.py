@@ -109,26 +109,28 @@ def bench_na(batches, modes, rounds: int, memory=VARIANTS, variants=VARIANTS) ->
             for dilation in dilations:
                 out_mib = batch * side * side * heads * dim * 4 / 2 ** 20
                 diff = _max_diff_vs_natten(stage, batch, dilation)
-                for mode in modes:
-                    # natten 0.21 runs CPU through FlexAttention, which has no CPU backward
-                    mode_variants = [v for v in variants if not (v == "natten" and mode == "fwd+bwd")]
-                    calls = {v: make_call(stage, batch, dilation, v, mode) for v in mode_variants}
-                    t = harness.time_variants(calls, rounds=rounds)
-                    gemm = harness.gemm_gflops(t)
-                    dense = t["dense_sdpa"].median_ms
-                    for v in mode_variants:
-                        row = dict(stage=stage, B=batch, dil=dilation, mode=mode, variant=v,
-                                   median_ms=t[v].median_ms, min_ms=t[v].min_ms, t_over_dense=t[v].median_ms / dense,
-                                   x_natten=(t["natten"].median_ms / t[v].median_ms) if "natten" in t else None,
-                                   quiet=f"{t[v].quiet_rounds}/{t[v].rounds}", gemm_gflops=gemm,
-                                   max_diff_vs_natten=diff if v == "vz_cpu" else None)
-                        if v in memory:
-                            extra = harness.peak_extra_mib("benchmarks.bench_neighborhood:make_call",
-                                                           dict(stage=stage, batch=batch, dilation=dilation,
-                                                                variant=v, mode=mode))
-                            row.update(peak_extra_mib=extra, peak_over_out=extra / out_mib)
-                        rows.append(row)
-                        print(harness.markdown_table([row], list(row)).splitlines()[-1], file=sys.stderr)
+                # every mode of one shape in the same rounds, so fwd+bwd / fwd is a same-run ratio;
+                # natten 0.21 runs CPU through FlexAttention, which has no CPU backward
+                keys = [f"{v}/{mode}" for mode in modes for v in variants if not (v == "natten" and mode == "fwd+bwd")]
+                calls = {key: make_call(stage, batch, dilation, *key.split("/")) for key in keys}
+                t = harness.time_variants(calls, rounds=rounds)
+                gemm = harness.gemm_gflops(t)
+                for key in keys:
+                    v, mode = key.split("/")
+                    dense, natten = t[f"dense_sdpa/{mode}"].median_ms, t.get(f"natten/{mode}")
+                    row = dict(stage=stage, B=batch, dil=dilation, mode=mode, variant=v,
+                               median_ms=t[key].median_ms, min_ms=t[key].min_ms,
+                               t_over_dense=t[key].median_ms / dense,
+                               x_natten=(natten.median_ms / t[key].median_ms) if natten else None,
+                               quiet=f"{t[key].quiet_rounds}/{t[key].rounds}", gemm_gflops=gemm,
+                               max_diff_vs_natten=diff if v == "vz_cpu" else None)
+                    if v in memory:
+                        extra = harness.peak_extra_mib("benchmarks.bench_neighborhood:make_call",
+                                                       dict(stage=stage, batch=batch, dilation=dilation,
+                                                            variant=v, mode=mode))
+                        row.update(peak_extra_mib=extra, peak_over_out=extra / out_mib)
+                    rows.append(row)
+                    print(harness.markdown_table([row], list(row)).splitlines()[-1], file=sys.stderr)
     return rows
 
 
