@@ -200,3 +200,20 @@ def test_timm_registry_entry(name):
     sd = model.state_dict()
     assert f"{cfg['first_conv']}.weight" in sd and f"{cfg['classifier']}.weight" in sd
     assert model.in_chans == cfg["input_size"][0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fx_trace_matches_eager(name):
+    """torch.fx with timm's leaf-module registry, as timm's FX feature extraction and detection /
+    segmentation tooling trace a backbone: the traced eval graph gives the eager logits."""
+    from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = create_tiny(name, num_classes=5).eval()
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    _, nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    fx_model = create_feature_extractor(model, return_nodes=[nodes[-1]], tracer_kwargs=tracer_kwargs).eval()
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(next(iter(fx_model(x).values())), model(x), rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from ..ops.neighborhood import na2d
 
@@ -37,6 +38,7 @@ def effective_dilation(size: Sequence[int], kernel_size: Sequence[int], dilation
     return tuple(max(1, min(d, n // k)) for n, k, d in zip(size, kernel_size, dilation))
 
 
+@register_notrace_module  # a leaf for timm's FX feature extraction: its size-dependent dilation is Python
 class NeighborhoodAttn2d(nn.Module):
     """Multi-head (dilated) neighborhood attention with relative position bias.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 __all__ = ["GlobalRelPosAttn2d", "relative_position_index"]
 
@@ -30,6 +31,7 @@ def relative_position_index(height: int, width: int, table: tuple[int, int], dev
     return dy * table[1] + dx
 
 
+@register_notrace_module  # an FX leaf: the bias table is resized in Python for the map size
 class GlobalRelPosAttn2d(nn.Module):
     """ViT-RPB attention on ``[B, H, W, C]`` (any ``H, W``).
 
