@@ -39,7 +39,8 @@ def _split(name: str) -> tuple[str, str | None]:
 
 def _checkpoint_num_classes(state_dict: dict, plain: str) -> int | None:
     """Classifier width of a checkpoint, whatever its layout (the last 2-D weight of the known names)."""
-    for key in ("head.fc.weight", "fc.weight", "last_linear.weight", "classifier.1.weight", "head.weight"):
+    for key in ("head.fc.weight", "fc.weight", "last_linear.weight", "classifier.1.weight", "head.weight",
+                "head.l.weight"):
         w = state_dict.get(key)
         if isinstance(w, torch.Tensor) and w.ndim in (2, 4):
             return int(w.shape[0])

@@ -1,0 +1,79 @@
+"""Conv-BN and BN-Linear units that fold into one layer for deployment (SHViT, LeViT-style nets).
+
+``ConvBN`` is a bias-free ``Conv2d`` followed by ``BatchNorm2d`` (keys ``c.*``, ``bn.*``, the layout
+of the official SHViT / EfficientViT code and of timm). ``fuse()`` returns the single ``Conv2d``
+with the BN folded in; ``ResidualBN`` additionally folds its identity shortcut into a depthwise
+3x3 ``ConvBN`` (centre tap + 1), and :func:`fuse_modules` applies every ``fuse()`` of a model in place.
+Folding is exact in real arithmetic; in float32 outputs move by rounding only (~1e-6 relative).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ConvBN", "ResidualBN", "fuse_modules"]
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+class ConvBN(nn.Sequential):
+    """``Conv2d(bias=False)`` + ``BatchNorm2d``; ``bn_weight_init`` sets the BN gamma (0 zero-inits a
+    residual branch)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
+                 groups: int = 1, bn_weight_init: float = 1.0, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.add_module("c", nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False, **dd))
+        self.add_module("bn", nn.BatchNorm2d(out_chs, **dd))
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        c = self.c
+        scale, shift = _bn_scale_shift(self.bn)
+        conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups,
+                         bias=True, device=c.weight.device, dtype=c.weight.dtype)
+        conv.weight.copy_(c.weight * scale.view(-1, 1, 1, 1))
+        conv.bias.copy_(shift)
+        return conv
+
+
+class ResidualBN(nn.Module):
+    """``x + m(x)``; ``fuse()`` folds the shortcut into a depthwise odd-kernel stride-1 ``ConvBN``."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.m(x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        m = self.m
+        if not isinstance(m, ConvBN):
+            return self
+        c = m.c
+        if c.groups != c.in_channels or c.in_channels != c.out_channels or c.stride != (1, 1):
+            return self
+        conv = m.fuse()
+        kh, kw = conv.kernel_size
+        conv.weight[:, 0, kh // 2, kw // 2] += 1.0  # identity = a centred unit tap per channel
+        return conv
+
+
+def fuse_modules(module: nn.Module) -> nn.Module:
+    """Replace, depth first, every child that has ``fuse()`` by its fused form; returns ``module``."""
+    for name, child in module.named_children():
+        fused = child.fuse() if hasattr(child, "fuse") else child
+        if fused is not child:
+            setattr(module, name, fused)
+        fuse_modules(fused)
+    return module
+
