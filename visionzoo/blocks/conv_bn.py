@@ -1,7 +1,8 @@
 """Conv-BN and BN-Linear units that fold into one layer for deployment (SHViT, LeViT-style nets).
 
 ``ConvBN`` is a bias-free ``Conv2d`` followed by ``BatchNorm2d`` (keys ``c.*``, ``bn.*``, the layout
-of the official SHViT / EfficientViT code and of timm). ``fuse()`` returns the single ``Conv2d``
+of the official SHViT / EfficientViT code and of timm). In eval mode it runs as one convolution
+with the BN folded in on the fly (weights unchanged, same result up to rounding). ``fuse()`` returns the single ``Conv2d``
 with the BN folded in; ``ResidualBN`` additionally folds its identity shortcut into a depthwise
 3x3 ``ConvBN`` (centre tap + 1), and :func:`fuse_modules` applies every ``fuse()`` of a model in place.
 Folding is exact in real arithmetic; in float32 outputs move by rounding only (~1e-6 relative).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["ConvBN", "ResidualBN", "fuse_modules"]
 
@@ -32,6 +34,14 @@ class ConvBN(nn.Sequential):
         self.add_module("bn", nn.BatchNorm2d(out_chs, **dd))
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.c(x))
+        # eval: the BN folded into the conv on the fly, one pass over the activations instead of two
+        c = self.c
+        scale, shift = _bn_scale_shift(self.bn)
+        return F.conv2d(x, c.weight * scale.view(-1, 1, 1, 1), shift, c.stride, c.padding, c.dilation, c.groups)
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:

@@ -6,14 +6,13 @@ head (``scale = qk_dim ** -0.5``); the other ``dim - pdim`` channels pass untouc
 are concatenated and mixed by ReLU -> 1x1 Conv-BN (gamma initialised to 0). Keys follow the
 official code: ``pre_norm``, ``qkv.{c,bn}``, ``proj.1.{c,bn}``.
 
-Attention runs through ``F.scaled_dot_product_attention`` (the query/key and value widths differ,
-so on CPU it is the math kernel); any map size works, as attention is global.
+Attention is two batched matmuls and a softmax (query/key and value widths differ, which no fused
+SDPA kernel on CPU takes); any map size works, as attention is global.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import GroupNorm1
 
 from .conv_bn import ConvBN
@@ -45,10 +44,8 @@ class SingleHeadAttn(nn.Module):
         B, _, H, W = x.shape
         x1, x2 = torch.split(x, [self.pdim, self.dim - self.pdim], dim=1)
         q, k, v = self.qkv(self.pre_norm(x1)).flatten(2).split([self.qk_dim, self.qk_dim, self.pdim], dim=1)
-        # [B, C, N] -> [B, 1, N, C]: one head
-        out = F.scaled_dot_product_attention(q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None],
-                                             v.transpose(1, 2)[:, None], scale=self.scale)
-        x1 = out[:, 0].transpose(1, 2).reshape(B, self.pdim, H, W)
+        attn = (q.transpose(1, 2) @ k).mul_(self.scale).softmax(dim=-1)  # [B, N, N], one head
+        x1 = (v @ attn.transpose(1, 2)).view(B, self.pdim, H, W)
         return self.proj(torch.cat([x1, x2], dim=1))
 
     def extra_repr(self) -> str:
