@@ -151,4 +151,4 @@ def test_se_resnet_stride_layout():
     assert eca.stages[1][0].conv1.stride == (1, 1) and eca.stages[1][0].conv2.stride == (2, 2)
     sex = visionzoo.create_model("se_resnext50_32x4d", device="meta")
     assert sex.stages[1][0].conv2.stride == (2, 2) and sex.stages[1][0].conv2.groups == 32
-    assert re.fullmatch(r"Sequential\(.*ceil_mode=True.*", repr(se.stem).replace("\n", " "))
+    assert re.fullmatch(r"ChannelsLastStem\(.*ceil_mode=True.*", repr(se.stem).replace("\n", " "))

@@ -22,6 +22,7 @@ from timm.layers import ClassifierHead, DropPath
 
 from .. import convert
 from ..blocks.channel_attn import create_channel_attn
+from ..blocks.channels_last import ChannelsLastStem
 from ._base import Backbone
 from ._registry import register_family
 
@@ -117,7 +118,7 @@ class ChannelAttnResNet(Backbone):
             stem["pool"] = nn.MaxPool2d(3, 2, 1)
         elif cfg.stem_pool == "caffe":
             stem["pool"] = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.stem = nn.Sequential(stem)
+        self.stem = ChannelsLastStem(stem)
         reduction = stem_stride * (2 if cfg.stem_pool != "none" else 1)
 
         n_blocks = sum(cfg.layers)

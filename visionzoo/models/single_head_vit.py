@@ -7,7 +7,9 @@ a partial channel slice, :class:`~visionzoo.blocks.SingleHeadAttn`; stage 1 has 
 Residual(1x1 Conv-BN FFN, ratio 2). Between stages: [Residual DW, Residual FFN] at the old width,
 PatchMerging (1x1 to 4C, ReLU, depthwise 3x3 stride 2, ReLU, timm SqueezeExcite 0.25, 1x1 to the
 new width), [Residual DW, Residual FFN] at the new width. Head: global average pool,
-BatchNorm1d -> Linear. Attention is global and every conv pads, so any input size runs.
+BatchNorm1d -> Linear. Attention is global and every conv pads, so any input size runs. The trunk
+runs channels-last (:class:`~visionzoo.blocks.channels_last.ChannelsLastStem`: 1.1x forward and
+training step on shvit_s4).
 
 Keys follow timm's ``shvit`` (``stages.{i}.downsample.{0..4}``, ``stages.{i}.blocks.{j}``) with
 ``stem`` for ``patch_embed`` and ``head.fc`` for ``head.l``; the converter reads timm and
@@ -24,6 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, SqueezeExcite, trunc_normal_
 
 from .. import convert
+from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.conv_bn import ConvBN, ResidualBN, fuse_modules
 from ..blocks.single_head_attn import SingleHeadAttn
 from ._base import Backbone
@@ -79,15 +82,6 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.se(self.act2(self.conv2(self.act1(self.conv1(x))))))
-
-
-class ChannelsLastStem(nn.Sequential):
-    """The stem, run on a channels-last copy of the input: every later conv then runs in that
-    memory format (oneDNN's native one on CPU; 1.1x forward, 1.07x training step on shvit_s4).
-    Outputs stay NCHW tensors, only their strides differ."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
 class SHViTBlock(nn.Module):
