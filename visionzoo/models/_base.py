@@ -10,6 +10,7 @@ Families whose blocks work channels-last set ``channels_last_stages = True``: st
 ``[B, H, W, C]`` internally, but every tensor the model returns (features, intermediates) is NCHW.
 """
 
+import inspect
 from typing import Iterable
 
 import torch
@@ -140,10 +141,14 @@ class Backbone(nn.Module):
         self.num_features = self.head_hidden_size = self.feature_info[-1]["num_chs"]
         if prune_norm or pruned:  # the final norm is sized for the last stage
             self.norm = nn.Identity()
+        # a head with its own norm / pre-logits layers (timm NormMlpClassifierHead) drops them too
+        other = {"reset_other": True} if "reset_other" in inspect.signature(self.head.reset).parameters else {}
         if prune_head:
-            self.reset_classifier(0, "")
+            self.num_classes, self.global_pool = 0, ""
+            self.head.reset(0, "", **other, **get_device_dtype(self))
         elif pruned:
-            self.head.reset(self.num_classes, in_features=self.num_features, **get_device_dtype(self))
+            self.head.reset(self.num_classes, in_features=self.num_features, **other, **get_device_dtype(self))
+        self.head.train(self.training)
         return take_indices
 
 

@@ -1,0 +1,97 @@
+"""MaxViT's block and grid attention (Tu et al., ECCV 2022) as neighborhood attention.
+
+Both partitions are special cases of :func:`visionzoo.ops.neighborhood.na2d` (Generalized
+Neighborhood Attention), so there is no second copy of attention code:
+
+* block attention, windows of ``P x P`` tokens: ``kernel_size=P, stride=P``;
+* grid attention, a ``P x P`` grid of windows whose tokens are ``n / P`` apart:
+  ``kernel_size=P, dilation=n // P`` (each dilation group is exactly one grid window).
+
+Maps that are not multiples of ``P`` are zero-padded at the bottom/right and the padding keys
+are masked (``na2d(valid=...)``), so padded tokens never change the real ones. The relative
+position bias ``[heads, 2P-1, 2P-1]`` is indexed by key-minus-query offset, which is both the
+TF MaxViT (timm ``RelPosBiasTf``) and the old-NATTEN layout; a checkpoint with another ``P`` is
+resized on load (:func:`resize_rel_pos_table`). qkv is the usual ``[3, heads, head_dim]``
+channel layout (timm ``head_first=False``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_module, resize_rel_pos_bias_table
+
+from ..ops.neighborhood import na2d
+
+__all__ = ["PartitionAttn2d", "resize_rel_pos_table"]
+
+
+@register_notrace_module  # an FX leaf: padding and dilation depend on the map size
+class PartitionAttn2d(nn.Module):
+    """Multi-head block (``partition='block'``) or grid (``'grid'``) attention on ``[B, H, W, C]``.
+
+    Args:
+        dim: channels (``dim // head_dim`` heads).
+        head_dim: channels per head.
+        partition: ``'block'`` or ``'grid'``.
+        partition_size: window side ``P`` (block) or grid side (grid).
+        backend: ``na2d`` backend (``None``: resolved per call).
+    """
+
+    def __init__(self, dim: int, head_dim: int, partition: str, partition_size: int, proj_drop: float = 0.0,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if partition not in ("block", "grid"):
+            raise ValueError(f"PartitionAttn2d: partition must be 'block' or 'grid', got {partition!r}")
+        if dim % head_dim:
+            raise ValueError(f"PartitionAttn2d: dim ({dim}) must be divisible by head_dim ({head_dim})")
+        self.num_heads, self.head_dim = dim // head_dim, head_dim
+        self.partition, self.partition_size, self.backend = partition, partition_size, backend
+        self.qkv = nn.Linear(dim, 3 * dim, **dd)
+        self.rel_pos = _RelPosTable(self.num_heads, partition_size, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        p = self.partition_size
+        hp, wp = -(-H // p) * p, -(-W // p) * p
+        if (hp, wp) != (H, W):
+            x = F.pad(x, (0, 0, 0, wp - W, 0, hp - H))
+        q, k, v = self.qkv(x).view(B, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
+        if self.partition == "block":
+            geometry = dict(stride=p)
+        else:
+            geometry = dict(dilation=(hp // p, wp // p))
+        out = na2d(q, k, v, p, rpb=self.rel_pos.table, scale=self.head_dim ** -0.5, backend=self.backend,
+                   valid=(H, W) if (hp, wp) != (H, W) else None, **geometry)
+        out = out.reshape(B, hp, wp, C)
+        if (hp, wp) != (H, W):
+            out = out[:, :H, :W]
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f"{self.partition}, size={self.partition_size}, heads={self.num_heads}, backend={self.backend or 'auto'}"
+
+
+class _RelPosTable(nn.Module):
+    """The bias table alone (key ``relative_position_bias_table``, as in timm's ``rel_pos`` module)."""
+
+    def __init__(self, num_heads: int, size: int, device=None, dtype=None):
+        super().__init__()
+        self.relative_position_bias_table = nn.Parameter(torch.empty(num_heads, 2 * size - 1, 2 * size - 1,
+                                                                     device=device, dtype=dtype))
+        nn.init.normal_(self.relative_position_bias_table, std=0.02)
+
+    @property
+    def table(self) -> torch.Tensor:
+        return self.relative_position_bias_table
+
+
+def resize_rel_pos_table(table: torch.Tensor, size: int) -> torch.Tensor:
+    """A ``[heads, 2P-1, 2P-1]`` table resized to ``2 * size - 1`` per side (bicubic, as timm does)."""
+    n = 2 * size - 1
+    if tuple(table.shape[-2:]) == (n, n):
+        return table
+    return resize_rel_pos_bias_table(table, new_window_size=(size, size), new_bias_shape=(table.shape[0], n, n))
