@@ -16,7 +16,7 @@ TINY = {
     "nat_isotropic": lambda cfg: dict(depths=(1, 1, 1, 1), embed_dim=32, num_heads=(2, 2, 2, 2)),
     # MaxViT: window 4 (so a 64 px input pads every stage's partitions but the first), 32-wide heads
     "maxvit": lambda cfg: dict(embed_dims=(32, 32, 64, 64), depths=(1, 1, 1, 1), stem_width=16, window=4),
-    "shvit": lambda cfg: dict(embed_dims=(16, 24, 32), partial_dims=(4, 8, 8), depths=(1, 1, 1)),
+    "single_head_vit": lambda cfg: dict(embed_dims=(16, 24, 32), partial_dims=(4, 8, 8), depths=(1, 1, 1)),
 }
 
 

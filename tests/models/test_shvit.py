@@ -11,7 +11,7 @@ from visionzoo.models._registry import MODELS
 
 from ..fixtures import OFFICIAL, assert_matches_fixture, load_fixture, official_keys
 
-NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "shvit"]
+NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "single_head_vit"]
 SMALL = dict(embed_dims=(32, 48, 64), partial_dims=(8, 12, 16), depths=(1, 2, 2))
 
 

@@ -270,7 +270,7 @@ def _pretrained_cfg(name: str) -> dict:
 
 
 register_family(
-    __name__, "shvit", SHViT, VARIANTS, {n: _pretrained_cfg(n) for n in VARIANTS}, checkpoint_filter_fn,
+    __name__, "single_head_vit", SHViT, VARIANTS, {n: _pretrained_cfg(n) for n in VARIANTS}, checkpoint_filter_fn,
     meta={n: dict(official_params_key=n, top1=t, top1_source="SHViT README (ImageNet-1k)") for n, t in _TOP1.items()},
     official={"shvit": _official},
     paper="SHViT (single-head attention over partial channels)",
