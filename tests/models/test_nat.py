@@ -13,6 +13,7 @@ from visionzoo.models import nat
 from visionzoo.models._registry import FAMILIES, MODELS
 from visionzoo.ops.neighborhood import na2d
 
+from ._any_size import check_train_and_eval
 from ..fixtures import OFFICIAL, assert_matches_fixture, load_fixture, official_keys
 
 FAMILY_NAMES = [n for n in visionzoo.list_models() if MODELS[n].family in ("nat", "dinat_s", "nat_isotropic")]
@@ -191,16 +192,4 @@ _SMALL = {  # reduced configs that still exercise dilation, layer scale and ever
 @pytest.mark.parametrize("name", sorted(_SMALL))
 def test_any_input_size_train_and_eval(name):
     model = visionzoo.create_model(name, num_classes=5, drop_path_rate=0.1, **_SMALL[name])
-    for h, w in [(32, 32), (200, 232), (256, 256)]:
-        x = torch.randn(1, 3, h, w)
-        model.train()
-        model(x).sum().backward()
-        assert all(p.grad is not None for p in model.parameters())
-        model.zero_grad()
-        model.eval()
-        with torch.no_grad():
-            taps = model.forward_intermediates(x, intermediates_only=True)
-            assert torch.isfinite(model(x)).all()
-        for tap, info in zip(taps, model.feature_info):
-            assert tap.shape[1] == info["num_chs"] and tap.shape[2] in (-(-h // info["reduction"]),
-                                                                        h // info["reduction"] + 1)
+    check_train_and_eval(model, [(32, 32), (200, 232), (256, 256)])

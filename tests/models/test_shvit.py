@@ -9,6 +9,7 @@ import visionzoo
 from visionzoo.models import single_head_vit
 from visionzoo.models._registry import MODELS
 
+from ._any_size import check_train_and_eval
 from ..fixtures import OFFICIAL, assert_matches_fixture, load_fixture, official_keys
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "single_head_vit"]
@@ -115,19 +116,7 @@ def test_fused_param_counts_equal_official_deploy(name):
 
 def test_any_input_size_train_and_eval():
     model = visionzoo.create_model("shvit_s4", num_classes=5, **SMALL)
-    for h, w in [(32, 32), (200, 232), (97, 131), (256, 256)]:
-        x = torch.randn(2, 3, h, w)
-        model.train()
-        model(x).sum().backward()
-        assert all(p.grad is not None for p in model.parameters())
-        model.zero_grad()
-        model.eval()
-        with torch.no_grad():
-            taps = model.forward_intermediates(x, intermediates_only=True)
-            assert torch.isfinite(model(x)).all()
-        for tap, info in zip(taps, model.feature_info):
-            assert tap.shape[1] == info["num_chs"]
-            assert tap.shape[2] == -(-h // info["reduction"])
+    check_train_and_eval(model, [(32, 32), (200, 232), (97, 131), (256, 256)], batch=2)
 
 
 def test_config_errors():
