@@ -19,7 +19,7 @@ from timm.layers import get_device_dtype
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-__all__ = ["Backbone", "BackboneFeatures"]
+__all__ = ["Backbone", "BackboneFeatures", "Stage"]
 
 
 class Backbone(nn.Module):
@@ -84,6 +84,8 @@ class Backbone(nn.Module):
     @torch.jit.ignore
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing:
+            if isinstance(stage, Stage):  # checkpoint block by block
+                return checkpoint_seq(stage.blocks, stage.downsample(x))
             return checkpoint_seq(stage, x) if isinstance(stage, nn.Sequential) else \
                 torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
         return stage(x)
@@ -150,6 +152,19 @@ class Backbone(nn.Module):
             self.head.reset(self.num_classes, in_features=self.num_features, **other, **get_device_dtype(self))
         self.head.train(self.training)
         return take_indices
+
+
+class Stage(nn.Module):
+    """One feature level: ``downsample`` (``Identity`` where the stage keeps the resolution or its
+    first block strides) then ``blocks`` (an ``nn.Sequential``, checkpointed block by block)."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
 
 
 class BackboneFeatures(FeatureGetterNet):

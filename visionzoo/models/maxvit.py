@@ -31,7 +31,7 @@ from timm.layers import (DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SEMo
 
 from .. import convert
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
-from ._base import Backbone
+from ._base import Backbone, Stage
 from ._registry import register_family
 
 __all__ = ["MaxViTCfg", "MaxViT", "VARIANTS"]
@@ -150,15 +150,6 @@ class Stem(nn.Module):
         return self.conv2(self.norm1(self.conv1(x)))
 
 
-class MaxViTStage(nn.Module):
-    def __init__(self, blocks: list[nn.Module]):
-        super().__init__()
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
-
-
 class MaxViT(Backbone):
     """MaxViT over :class:`MaxViTCfg`.
 
@@ -182,7 +173,7 @@ class MaxViT(Backbone):
         dpr = iter(drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks))
         stages, in_chs = [], cfg.stem_width
         for depth, dim in zip(cfg.depths, cfg.embed_dims):
-            stages.append(MaxViTStage([MaxViTBlock(in_chs if j == 0 else dim, dim, 2 if j == 0 else 1, cfg,
+            stages.append(Stage(nn.Identity(), [MaxViTBlock(in_chs if j == 0 else dim, dim, 2 if j == 0 else 1, cfg,
                                                    next(dpr), backend, **dd) for j in range(depth)]))
             in_chs = dim
         self.stages = nn.Sequential(*stages)

@@ -28,14 +28,13 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, PatchEmbed
-from timm.models._manipulate import checkpoint_seq
 from timm.models.swin_transformer import PatchMerging
 
 from .. import convert
 from ..blocks.neighborhood_attn import NeighborhoodAttn2d
 from ..blocks.rel_pos_attn import GlobalRelPosAttn2d
 from ..blocks.transformer_block import TransformerBlock
-from ._base import Backbone
+from ._base import Backbone, Stage
 from ._registry import register_family
 
 __all__ = ["NATCfg", "NATransformer", "VARIANTS", "checkpoint_filter_fn"]
@@ -128,16 +127,7 @@ class ConvDownsample(nn.Module):
         return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
-class NATStage(nn.Module):
-    """``downsample`` (Identity in stage 0 and isotropic models) then ``blocks``."""
-
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+NATStage = Stage  # the name the NAT code and its tests use
 
 
 class NATransformer(Backbone):
@@ -210,11 +200,6 @@ class NATransformer(Backbone):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def _run_stage(self, stage: NATStage, x: torch.Tensor) -> torch.Tensor:
-        x = stage.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(stage.blocks, x)
-        return stage.blocks(x)
 
 
 # ---- checkpoint conversion ----------------------------------------------------------------------

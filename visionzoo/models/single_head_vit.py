@@ -29,7 +29,7 @@ from .. import convert
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.conv_bn import ConvBN, ResidualBN, fuse_modules
 from ..blocks.single_head_attn import SingleHeadAttn
-from ._base import Backbone
+from ._base import Backbone, Stage
 from ._registry import register_family
 
 __all__ = ["SHViTCfg", "SHViT", "VARIANTS"]
@@ -98,16 +98,6 @@ class SHViTBlock(nn.Module):
         return self.ffn(self.mixer(self.conv(x)))
 
 
-class SHViTStage(nn.Module):
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
-
-
 class NormLinearHead(nn.Module):
     """Pool -> dropout -> BatchNorm1d -> Linear (the official ``BN_Linear``); pre-logits are the
     pooled features. ``fuse()`` folds the BN into the Linear."""
@@ -174,7 +164,7 @@ class SHViT(Backbone):
         for dim, pdim, qk, depth, kind in zip(cfg.embed_dims, cfg.partial_dims, cfg.qk_dims, cfg.depths, cfg.types):
             down = nn.Identity() if dim == prev else nn.Sequential(
                 _dw(prev, dd), _ffn(prev, dd), PatchMerging(prev, dim, **dd), _dw(dim, dd), _ffn(dim, dd))
-            stages.append(SHViTStage(down, [SHViTBlock(dim, qk, pdim, kind, **dd) for _ in range(depth)]))
+            stages.append(Stage(down, [SHViTBlock(dim, qk, pdim, kind, **dd) for _ in range(depth)]))
             prev = dim
         self.stages = nn.Sequential(*stages)
         self.norm = nn.Identity()
