@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ConvBN", "ResidualBN", "fuse_modules"]
+__all__ = ["ConvBN", "ResidualBN", "bn_scale_shift", "fuse_modules"]
 
 
-def _bn_scale_shift(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+def bn_scale_shift(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` in eval mode."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale
@@ -40,13 +40,13 @@ class ConvBN(nn.Sequential):
             return self.bn(self.c(x))
         # eval: the BN folded into the conv on the fly, one pass over the activations instead of two
         c = self.c
-        scale, shift = _bn_scale_shift(self.bn)
+        scale, shift = bn_scale_shift(self.bn)
         return F.conv2d(x, c.weight * scale.view(-1, 1, 1, 1), shift, c.stride, c.padding, c.dilation, c.groups)
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
         c = self.c
-        scale, shift = _bn_scale_shift(self.bn)
+        scale, shift = bn_scale_shift(self.bn)
         conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups,
                          bias=True, device=c.weight.device, dtype=c.weight.dtype)
         conv.weight.copy_(c.weight * scale.view(-1, 1, 1, 1))

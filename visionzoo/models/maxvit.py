@@ -20,6 +20,7 @@ Keys are timm's (``stem.conv1``, ``stages.{i}.blocks.{j}.{conv,attn_block,attn_g
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 
@@ -30,6 +31,7 @@ from timm.layers import (DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SEMo
                          get_norm_act_layer, make_divisible)
 
 from .. import convert
+from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
 from ._base import Backbone, Stage
 from ._registry import register_family
@@ -137,17 +139,13 @@ class MaxViTBlock(nn.Module):
         return self.attn_grid(self.attn_block(x)).permute(0, 3, 1, 2)
 
 
-class Stem(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, cfg: MaxViTCfg, device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.conv1 = create_conv2d(in_chs, out_chs, 3, stride=2, padding=cfg.padding, bias=True, **dd)
-        self.norm1 = get_norm_act_layer("batchnorm2d", cfg.act)(out_chs, eps=cfg.bn_eps, **dd)
-        self.conv2 = create_conv2d(out_chs, out_chs, 3, stride=1, padding=cfg.padding, bias=True, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)  # the whole trunk follows (oneDNN's native format)
-        return self.conv2(self.norm1(self.conv1(x)))
+def _stem(in_chs: int, out_chs: int, cfg: MaxViTCfg, dd: dict) -> ChannelsLastStem:
+    """3x3 stride-2 conv, BN + act, 3x3 conv (keys ``conv1``, ``norm1``, ``conv2``), run channels-last:
+    the whole trunk follows (oneDNN's native format)."""
+    return ChannelsLastStem(OrderedDict(
+        conv1=create_conv2d(in_chs, out_chs, 3, stride=2, padding=cfg.padding, bias=True, **dd),
+        norm1=get_norm_act_layer("batchnorm2d", cfg.act)(out_chs, eps=cfg.bn_eps, **dd),
+        conv2=create_conv2d(out_chs, out_chs, 3, stride=1, padding=cfg.padding, bias=True, **dd)))
 
 
 class MaxViT(Backbone):
@@ -168,7 +166,7 @@ class MaxViT(Backbone):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.cfg = cfg
-        self.stem = Stem(in_chans, cfg.stem_width, cfg, **dd)
+        self.stem = _stem(in_chans, cfg.stem_width, cfg, dd)
         n_blocks = sum(cfg.depths)
         dpr = iter(drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks))
         stages, in_chs = [], cfg.stem_width

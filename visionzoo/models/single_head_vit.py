@@ -27,7 +27,7 @@ from timm.layers import SelectAdaptivePool2d, SqueezeExcite, trunc_normal_
 
 from .. import convert
 from ..blocks.channels_last import ChannelsLastStem
-from ..blocks.conv_bn import ConvBN, ResidualBN, fuse_modules
+from ..blocks.conv_bn import ConvBN, ResidualBN, bn_scale_shift, fuse_modules
 from ..blocks.single_head_attn import SingleHeadAttn
 from ._base import Backbone, Stage
 from ._registry import register_family
@@ -132,9 +132,8 @@ class NormLinearHead(nn.Module):
     @torch.no_grad()
     def fuse(self) -> "NormLinearHead":
         if isinstance(self.bn, nn.BatchNorm1d):
-            bn, fc = self.bn, self.fc
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            shift = bn.bias - bn.running_mean * scale
+            fc = self.fc
+            scale, shift = bn_scale_shift(self.bn)
             fused = nn.Linear(fc.in_features, fc.out_features, device=fc.weight.device, dtype=fc.weight.dtype)
             fused.weight.copy_(fc.weight * scale[None, :])
             fused.bias.copy_(fc.bias + fc.weight @ shift)
