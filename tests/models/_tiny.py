@@ -16,6 +16,12 @@ TINY = {
     "nat_isotropic": lambda cfg: dict(depths=(1, 1, 1, 1), embed_dim=32, num_heads=(2, 2, 2, 2)),
     # MaxViT: window 4 (so a 64 px input pads every stage's partitions but the first), 32-wide heads
     "maxvit": lambda cfg: dict(embed_dims=(32, 32, 64, 64), depths=(1, 1, 1, 1), stem_width=16, window=4),
+    # HaloNet: 4x4 blocks with halo 1, one or two blocks per stage, the table's halo layout clipped to them
+    "halonet": lambda cfg: dict(depths=(1, 1, 2, 1), channels=(32, 64, 64, 128), stem_chs=16, block_size=4, halo_size=1,
+                                num_heads=(2, 2, 2, 2), num_features=64 if cfg.num_features else 0,
+                                group_size=4 if cfg.group_size else 0, dim_head=8 if cfg.dim_head else None,
+                                halo_blocks=tuple(tuple(j for j in idx if j < d) or ((d - 1,) if i else ())
+                                                  for i, (idx, d) in enumerate(zip(cfg.halo_blocks, (1, 1, 2, 1))))),
     "single_head_vit": lambda cfg: dict(embed_dims=(16, 24, 32), partial_dims=(4, 8, 8), depths=(1, 1, 1)),
 }
 

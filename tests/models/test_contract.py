@@ -35,7 +35,11 @@ def _x(b=2, h=SIZE, w=SIZE):
 def test_meta_construction_and_official_param_count(name):
     model = visionzoo.create_model(name, device="meta")
     assert all(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
-    key = MODELS[name].meta.get("official_params_key")
+    meta = MODELS[name].meta
+    key = meta.get("official_params_key")
+    if key is None and "paper_params_m" in meta:  # no code exists (HaloNet H-series): the paper's 0.1 M
+        assert round(visionzoo.count_params(model) / 1e6, 1) == meta["paper_params_m"], name
+        return
     if OFFICIAL is None:
         pytest.skip("../shared/reference/official_params.json not present beside the checkout")
     assert key in OFFICIAL, f"{name}: no official parameter count recorded (meta official_params_key={key!r})"
