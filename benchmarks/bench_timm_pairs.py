@@ -41,7 +41,7 @@ PAIRS = [
     Pair("shvit_s4", "shvit_s4", 256),
     Pair("se_resnet50", "legacy_seresnet50", 224),  # the "one more of your choice": SENet's timm port
     Pair("maxvit_tiny", "maxvit_tiny_tf_224", 224, min_pct_gemm=45.0),
-    # Pair("halonet26t", "halonet26t", 256),  # once HaloNet lands
+    Pair("halonet26t", "halonet26t", 256),
 ]
 
 
