@@ -1,0 +1,98 @@
+"""Triton bi-level routing kernels against the reference: output, dq, dk, dv (interpreted without
+CUDA; buffers the launchers allocate are NaN-filled so unwritten elements fail)."""
+import pytest
+import torch
+
+import visionzoo
+
+pytest.importorskip("triton", reason="Triton is not importable, so the triton backend of bra cannot run")
+
+import visionzoo.ops.routing.triton as bra_triton  # noqa: E402
+from visionzoo.ops import _testing  # noqa: E402
+from visionzoo.ops.routing import bra  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NAMES = ("out", "dq", "dk", "dv")
+
+# (H, W, heads, D, Dv, n_win, topk)
+CASES = [
+    (14, 14, 2, 16, 16, 7, 4),  # divisible, 2x2 regions (queries padded to 16)
+    (13, 10, 1, 16, 24, 7, 3),  # padded map: masked keys, Dv != D
+    (5, 3, 2, 16, 16, 7, 4),  # map smaller than n_win: empty regions
+    (16, 24, 1, 32, 32, 2, 2),  # 8x12 regions: two query tiles per region
+    (12, 12, 1, 64, 64, 3, 9),  # topk = all regions, head dim 64
+]
+
+
+@pytest.fixture(autouse=True)
+def _nan_buffers(monkeypatch):
+    monkeypatch.setattr(bra_triton, "_empty",
+                        lambda shape, dtype, device: _testing.nan_like(torch.empty(shape, dtype=dtype, device=device)))
+
+
+def _run(case, dtype):
+    H, W, heads, D, Dv, n_win, topk = case
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.randn(1, H, W, heads, d, generator=g, dtype=torch.float64) for d in (D, D, Dv)]
+    dout = torch.randn(1, H, W, heads, Dv, generator=g, dtype=torch.float64)
+    res = {}
+    for backend, cast in (("triton", dtype), ("reference", torch.float64)):
+        leaves = [t.to(cast).to(DEVICE).requires_grad_() for t in ts]
+        out = bra(*leaves, n_win, topk, backend=backend)
+        res[backend] = dict(zip(NAMES, (out.detach(), *torch.autograd.grad(out, leaves, dout.to(cast).to(DEVICE)))))
+    errors = []
+    for name, actual in res["triton"].items():
+        if not torch.isfinite(actual).all():
+            errors.append(f"{name}: non-finite values")
+            continue
+        try:
+            _testing.assert_close(actual, res["reference"][name], "out" if name == "out" else "grad", name)
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n\n".join(errors)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_reference_fp32(case):
+    _run(case, torch.float32)
+
+
+@pytest.mark.parametrize("dtype,case", [(torch.float16, CASES[0]), (torch.bfloat16, CASES[1])], ids=str)
+def test_matches_reference_low_precision(dtype, case):
+    _run(case, dtype)
+
+
+def test_opcheck():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 14, 14, 2, 16, generator=g) for _ in range(3))
+    idx = torch.randint(0, 49, (1, 49, 3), generator=g)
+    args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), idx, 7, 0.25, [13, 12])
+    torch.library.opcheck(torch.ops.visionzoo.bra_fwd.default, args)
+    out, lse = torch.ops.visionzoo.bra_fwd(*args)
+    torch.library.opcheck(torch.ops.visionzoo.bra_bwd.default,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), idx, out.detach(), lse,
+                           7, 0.25, [13, 12]))
+
+
+def test_compile_fullgraph_front_door():
+    visionzoo.ops._backend.preload()  # compile cannot trace a first-time import
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.randn(1, 14, 14, 2, 16, generator=g).requires_grad_() for _ in range(3)]
+
+    def fn(q, k, v):
+        return bra(q, k, v, 7, 4, backend="triton")
+
+    eager = fn(*ts)
+    eager_grads = torch.autograd.grad(eager.square().sum(), ts)
+    torch._dynamo.reset()
+    out = torch.compile(fn, fullgraph=True, backend="aot_eager")(*ts)
+    grads = torch.autograd.grad(out.square().sum(), ts)
+    _testing.assert_close(out, eager)
+    for name, a, b in zip(NAMES[1:], grads, eager_grads):
+        _testing.assert_close(a, b, "grad", name)
+
+
+def test_bad_routing_indices_raise():
+    q = torch.zeros(1, 14, 14, 1, 16)
+    with pytest.raises(ValueError, match="idx must be int64"):
+        bra_triton.bra_forward(q, q, q, torch.zeros(1, 49, 2, dtype=torch.int32), 7, 0.25, [14, 14])

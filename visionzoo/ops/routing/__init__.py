@@ -1,0 +1,123 @@
+"""Bi-level routing attention (BiFormer): ``bra`` and its routing step ``bra_routing``.
+
+The map is cut into ``n_win x n_win`` regions. Region-level queries and keys are the means of the
+token queries and keys over each region (all heads' channels together); every query region is
+routed to the ``topk`` key regions of highest affinity ``mean(q) . mean(k)`` (a hard, detached
+top-k, as the paper's ``diff_routing=False``); every token then attends to the tokens of the union
+of its region's routed regions (multi-head, scaled by ``scale``).
+
+Any map size: a map that is not a multiple of ``n_win`` is zero-padded at the bottom/right to the
+next multiple, and the padding is **masked**: region means average only real tokens, regions with
+no real token are never routed to, and padded keys get no attention weight; outputs at padded
+positions are cropped. On a divisible map this is exactly the official ``bra_legacy`` computation.
+
+Backends get the padded maps, the routing indices and the real size; they differ only in how they
+attend: a gather of the routed K/V (``reference``), gather + SDPA or masked dense SDPA (``cpu``),
+or fused kernels that read the routed regions in place by index (``triton``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _backend
+
+__all__ = ["bra", "bra_routing", "region_geometry"]
+
+
+def _triton_can_run(q, k, v, **geometry) -> str | None:
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the Triton kernels take fp16/bf16/fp32, got {q.dtype}"
+    if max(q.shape[-1], v.shape[-1]) > 256:
+        return f"the Triton kernels take head dims up to 256, got {q.shape[-1]} (v: {v.shape[-1]})"
+    return None
+
+
+_backend.register_op(
+    "bra",
+    impls={
+        "reference": "visionzoo.ops.routing.reference:bra_reference",
+        "cpu": "visionzoo.ops.routing.cpu:bra_cpu",
+        "triton": "visionzoo.ops.routing.triton:bra_triton",
+    },
+    checks={"triton": _triton_can_run},
+)
+
+
+def region_geometry(size: tuple[int, int], n_win: int) -> tuple[int, int]:
+    """Region size ``(rh, rw)`` of an ``H x W`` map cut into ``n_win x n_win`` regions (after padding
+    to the next multiple of ``n_win``)."""
+    return tuple(-(-n // n_win) for n in size)
+
+
+def _check(q, k, v, n_win, topk):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 5:
+            raise ValueError(f"{name} must be [B, H, W, heads, D] (5-D), got shape {tuple(t.shape)}")
+    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"q, k must have equal shapes and v the same except D: q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    for name, val in (("n_win", n_win), ("topk", topk)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+
+
+def _pad(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+    return F.pad(t, (0, 0, 0, 0, 0, wp - t.shape[2], 0, hp - t.shape[1]))
+
+
+@torch.no_grad()
+def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tuple[int, int]) -> torch.Tensor:
+    """Routing indices ``[B, n_win^2, min(topk, n_win^2)]`` (int64) from zero-padded maps."""
+    B, hp, wp = qp.shape[:3]
+    rh, rw = hp // n_win, wp // n_win
+
+    def means(t):
+        s = t.reshape(B, n_win, rh, n_win, rw, -1).sum((2, 4)).reshape(B, n_win * n_win, -1)
+        return s / counts[None, :, None].clamp(min=1)
+
+    rows = torch.arange(hp, device=qp.device) < valid[0]
+    cols = torch.arange(wp, device=qp.device) < valid[1]
+    counts = (rows.view(n_win, rh).sum(1)[:, None] * cols.view(n_win, rw).sum(1)[None, :]).reshape(-1).to(qp.dtype)
+    logits = means(qp) @ means(kp).transpose(1, 2)
+    logits = logits.masked_fill(counts[None, None, :] == 0, float("-inf"))
+    return torch.topk(logits, min(topk, n_win * n_win), dim=-1).indices
+
+
+def bra_routing(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
+    """The routed regions of :func:`bra`: ``[B, n_win^2, min(topk, n_win^2)]`` key-region indices
+    (row-major region order) for every query region, highest affinity first."""
+    _check(q, k, k, n_win, topk)
+    hp, wp = (r * n_win for r in region_geometry(tuple(q.shape[1:3]), n_win))
+    return _route(_pad(q, hp, wp), _pad(k, hp, wp), n_win, topk, tuple(q.shape[1:3]))
+
+
+def bra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, topk: int, scale: float | None = None,
+        backend: str | None = None) -> torch.Tensor:
+    """Bi-level routing attention (see the module docstring).
+
+    Args:
+        q, k: ``[B, H, W, heads, D]``; v: ``[B, H, W, heads, Dv]``; any ``H, W >= 1``.
+        n_win: regions per side (the official 7).
+        topk: routed key regions per query region (clamped to ``n_win^2``).
+        scale: logit scale, default ``D ** -0.5`` (BiFormer passes ``(heads * D) ** -0.5``).
+        backend: ``reference`` | ``cpu`` | ``triton`` | None (see :mod:`visionzoo.ops._backend`).
+
+    Returns:
+        ``[B, H, W, heads, Dv]``.
+    """
+    _check(q, k, v, n_win, topk)
+    H, W = q.shape[1:3]
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    hp, wp = (r * n_win for r in region_geometry((H, W), n_win))
+    qp, kp, vp = _pad(q, hp, wp), _pad(k, hp, wp), _pad(v, hp, wp)
+    idx = _route(qp.detach(), kp.detach(), n_win, topk, (H, W))
+    fn, _ = _backend.resolve("bra", qp, kp, vp, backend=backend, n_win=n_win)
+    out = fn(qp, kp, vp, idx, n_win, scale, (H, W))
+    return out[:, :H, :W]
