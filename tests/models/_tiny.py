@@ -22,6 +22,10 @@ TINY = {
                                 group_size=4 if cfg.group_size else 0, dim_head=8 if cfg.dim_head else None,
                                 halo_blocks=tuple(tuple(j for j in idx if j < d) or ((d - 1,) if i else ())
                                                   for i, (idx, d) in enumerate(zip(cfg.halo_blocks, (1, 1, 2, 1))))),
+    # BiFormer: 16..64 wide, one block per stage, head dim 8, 2 x 2 regions (fewer interpreted Triton
+    # programs; small maps still pad and mask)
+    "biformer": lambda cfg: dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), head_dim=8, n_win=2,
+                                 topks=(1, 2, 3, -2)),
     "single_head_vit": lambda cfg: dict(embed_dims=(16, 24, 32), partial_dims=(4, 8, 8), depths=(1, 1, 1)),
 }
 

@@ -9,7 +9,7 @@ from visionzoo.ops._backend import triton_available
 from ._tiny import create_tiny
 
 #: one reduced model per family that runs a dispatched op
-MODELS = ["dinat_tiny", "dinat_s_tiny", "dinat_isotropic_small"]
+MODELS = ["dinat_tiny", "dinat_s_tiny", "dinat_isotropic_small", "maxvit_tiny", "halonet26t", "biformer_tiny"]
 pytestmark = pytest.mark.skipif(triton_available() is not None, reason=f"{triton_available()}")
 
 

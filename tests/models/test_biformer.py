@@ -1,0 +1,91 @@
+"""BiFormer: official fixture parity (from_official and checkpoint_path), official key listings,
+parameter counts, any input size with masked padding, backends, official-argument errors."""
+import json
+
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.blocks.routing_attn import BiLevelRoutingAttn
+from visionzoo.models import biformer
+from visionzoo.models._registry import MODELS
+
+from ._any_size import check_train_and_eval
+from ..fixtures import OFFICIAL, assert_matches_fixture, load_fixture, official_keys
+
+NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "biformer"]
+SMALL = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 48, 64), head_dim=8)
+
+
+def test_official_fixture_parity():
+    meta, tensors, sd = load_fixture("biformer_a")
+    model = visionzoo.from_official("biformer", meta["constructor_kwargs"], sd)
+    assert visionzoo.count_params(model) == meta["num_params"]
+    assert_matches_fixture(model, tensors)
+
+
+def test_official_fixture_through_checkpoint_path(tmp_path):
+    meta, tensors, sd = load_fixture("biformer_a")
+    torch.save({"model": sd}, tmp_path / "biformer.pth")  # the official training script's wrapping
+    kw = meta["constructor_kwargs"]
+    model = visionzoo.create_model("biformer_tiny", checkpoint_path=tmp_path / "biformer.pth",
+                                   depths=tuple(kw["depth"]), embed_dims=tuple(kw["embed_dim"]),
+                                   head_dim=kw["head_dim"])
+    assert model.num_classes == 10
+    assert_matches_fixture(model, tensors)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_official_key_listing_converts(name):
+    listing = official_keys(name)
+    model = visionzoo.create_model(name, device="meta")
+    fake = {k: torch.empty(shape, device="meta") for k, shape in listing["state_dict"].items()}
+    converted = biformer.checkpoint_filter_fn(fake, model)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_param_counts():
+    counts = json.loads((OFFICIAL.parent.parent / "reference" / "official_params.json").read_text())
+    for name in NAMES:
+        assert visionzoo.count_params(visionzoo.create_model(name, device="meta")) == counts[name]["params"], name
+
+
+@pytest.mark.parametrize("name", ["biformer_tiny", "biformer_stl"])
+def test_any_input_size(name):
+    """Sizes the official code rejects (maps not divisible by 7 at some stage)."""
+    model = visionzoo.create_model(name, **SMALL)
+    check_train_and_eval(model, [(256, 256), (200, 232), (96, 72), (32, 32)], batch=2)
+
+
+def test_padded_input_equals_unpadded_where_divisible():
+    """224 needs no padding (maps 56/28/14/7); the same image inside a 256 canvas goes through the
+    padding path at every stage. Blocks see different maps then, so compare one attention layer:
+    a map padded by the caller with garbage and cropped must equal the unpadded map."""
+    layer = BiLevelRoutingAttn(32, num_heads=4, n_win=7, topk=3).eval()
+    x = torch.randn(2, 14, 21, 32)
+    with torch.no_grad():
+        ref = layer(x)
+        # 13 x 20 real tokens inside the 14 x 21 map: bra pads to 14 x 21 and masks the padding
+        cut = layer(x[:, :13, :20])
+        garbage = x.clone()
+        garbage[:, 13:], garbage[:, :, 20:] = 50.0, -50.0
+        assert torch.allclose(layer(garbage)[:, :13, :20], ref[:, :13, :20]) is False  # real keys changed
+    assert cut.shape == (2, 13, 20, 32)
+    # the masked path equals the definition: attention restricted to real tokens
+    from visionzoo.ops.routing import bra
+    q, k, v = (t.unflatten(-1, (4, -1)) for t in layer.qkv(x[:, :13, :20]))
+    with torch.no_grad():
+        ours = bra(q, k, v, 7, 3, scale=layer.scale)
+        full = bra(*(torch.nn.functional.pad(t, (0, 0, 0, 0, 0, 1, 0, 1)) for t in (q, k, v)), 7, 3, scale=layer.scale)
+    assert not torch.allclose(ours, full[:, :13, :20])  # unmasked zero padding would differ from masking
+
+
+@pytest.mark.parametrize("kwargs,exc", [
+    (dict(kv_downsample_mode="ada_avgpool"), NotImplementedError),
+    (dict(topks=[1, 4, -1, -2]), NotImplementedError),
+    (dict(not_an_arg=1), TypeError),
+])
+def test_unsupported_official_arguments_raise(kwargs, exc):
+    meta, _, _ = load_fixture("biformer_a")
+    with pytest.raises(exc):
+        visionzoo.from_official("biformer", {**meta["constructor_kwargs"], **kwargs})
