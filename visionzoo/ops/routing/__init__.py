@@ -69,6 +69,8 @@ def _check(q, k, v, n_win, topk):
 
 
 def _pad(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+    if (hp, wp) == tuple(t.shape[1:3]):
+        return t  # F.pad copies even when there is nothing to pad
     return F.pad(t, (0, 0, 0, 0, 0, wp - t.shape[2], 0, hp - t.shape[1]))
 
 
@@ -78,9 +80,9 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
     B, hp, wp = qp.shape[:3]
     rh, rw = hp // n_win, wp // n_win
 
-    def means(t):
-        s = t.reshape(B, n_win, rh, n_win, rw, -1).sum((2, 4)).reshape(B, n_win * n_win, -1)
-        return s / counts[None, :, None].clamp(min=1)
+    def means(t):  # region sums by a channels-last sum-pool (a strided reshape-sum is ~50x slower)
+        s = F.avg_pool2d(t.flatten(3).permute(0, 3, 1, 2), (rh, rw), divisor_override=1)
+        return s.flatten(2).transpose(1, 2) / counts[None, :, None].clamp(min=1)
 
     rows = torch.arange(hp, device=qp.device) < valid[0]
     cols = torch.arange(wp, device=qp.device) < valid[1]

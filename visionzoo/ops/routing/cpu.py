@@ -7,8 +7,8 @@ Two exact formulations, chosen per call by how much of the map a query sees:
   ``index_add``, not ``torch.gather``'s scatter over an expanded view), then one fused SDPA call
   with the query regions as the batch.
 * **masked dense SDPA** (the routed set covers a large share of the map, e.g. stage 3 with 16 of 49
-  regions): tokens in region-major order make the token mask a block mask, built by expanding the
-  ``[n^2, n^2]`` region mask (no gather), then one dense SDPA call.
+  regions): the ``[n^2, n^2]`` region mask indexed by every token's region gives the token mask;
+  one dense SDPA call on the map as it is (no region-major copies).
 
 Padding (``valid`` smaller than the map) adds the padded keys to the mask in both.
 """
@@ -45,17 +45,23 @@ def _gather_sdpa(qr, kr, vr, idx, scale, ok):
     return out.transpose(1, 2).reshape(B, R, T, heads, -1)
 
 
-def _masked_dense(qr, kr, vr, idx, scale, ok):
-    B, R, T, heads, D = qr.shape
-    routed = torch.zeros(B, R, R, dtype=torch.bool, device=qr.device).scatter_(2, idx, True)
-    keep = routed[:, :, None, :, None].expand(B, R, T, R, T)
-    if ok is not None:
-        keep = keep & ok[None, None, None]
-    mask = torch.zeros(keep.shape, dtype=qr.dtype, device=qr.device).masked_fill(~keep, float("-inf"))
-    mask = mask.reshape(B, 1, R * T, R * T)
-    q, k, v = (_heads_first(t.reshape(B, R * T, heads, -1)) for t in (qr, kr, vr))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return out.transpose(1, 2).reshape(B, R, T, heads, -1)
+def _masked_dense(qp, kp, vp, idx, n_win, scale, valid):
+    """Dense SDPA over the padded map in its own (row-major) token order; the token mask is the
+    region mask indexed by each token's region (no region-major copies of q, k, v)."""
+    B, hp, wp, heads, D = qp.shape
+    rh, rw = hp // n_win, wp // n_win
+    R, N = n_win * n_win, hp * wp
+    dev = qp.device
+    region = ((torch.arange(hp, device=dev) // rh)[:, None] * n_win + torch.arange(wp, device=dev)[None, :] // rw)
+    region = region.reshape(-1)
+    routed = torch.zeros(B, R, R, dtype=torch.bool, device=dev).scatter_(2, idx, True)
+    mask = routed[:, region[:, None], region[None, :]]  # [B, N, N] bool (a quarter of a float mask's bytes)
+    if tuple(valid) != (hp, wp):  # padded keys
+        real = ((torch.arange(hp, device=dev) < valid[0])[:, None] & (torch.arange(wp, device=dev) < valid[1])[None, :])
+        mask &= real.reshape(1, 1, N)
+    q, k, v = (t.reshape(B, N, heads, -1).transpose(1, 2) for t in (qp, kp, vp))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1), scale=scale)
+    return out.transpose(1, 2).reshape(B, hp, wp, heads, -1)
 
 
 def bra_cpu(qp, kp, vp, idx, n_win, scale, valid):
@@ -63,8 +69,8 @@ def bra_cpu(qp, kp, vp, idx, n_win, scale, valid):
     hp, wp = qp.shape[1:3]
     rh, rw = hp // n_win, wp // n_win
     R = n_win * n_win
+    if idx.shape[-1] >= DENSE_SHARE * R:
+        return _masked_dense(qp, kp, vp, idx, n_win, scale, valid)
     ok = None if tuple(valid) == (hp, wp) else key_valid(n_win, rh, rw, valid, qp.device)
     qr, kr, vr = (to_regions(t, n_win) for t in (qp, kp, vp))
-    dense = idx.shape[-1] >= DENSE_SHARE * R
-    out = (_masked_dense if dense else _gather_sdpa)(qr, kr, vr, idx, scale, ok)
-    return from_regions(out, n_win, rh, rw)
+    return from_regions(_gather_sdpa(qr, kr, vr, idx, scale, ok), n_win, rh, rw)
