@@ -81,14 +81,17 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
     rh, rw = hp // n_win, wp // n_win
 
     def means(t):  # region sums by a channels-last sum-pool (a strided reshape-sum is ~50x slower)
-        s = F.avg_pool2d(t.flatten(3).permute(0, 3, 1, 2), (rh, rw), divisor_override=1)
-        return s.flatten(2).transpose(1, 2) / counts[None, :, None].clamp(min=1)
+        s = F.avg_pool2d(t.flatten(3).permute(0, 3, 1, 2), (rh, rw), divisor_override=1).flatten(2).transpose(1, 2)
+        # equal counts (no padding) scale every logit alike: the top-k is the same without dividing
+        return s if uniform else s / counts[None, :, None].clamp(min=1)
 
     rows = torch.arange(hp, device=qp.device) < valid[0]
     cols = torch.arange(wp, device=qp.device) < valid[1]
     counts = (rows.view(n_win, rh).sum(1)[:, None] * cols.view(n_win, rw).sum(1)[None, :]).reshape(-1).to(qp.dtype)
+    uniform = tuple(valid) == (hp, wp)
     logits = means(qp) @ means(kp).transpose(1, 2)
-    logits = logits.masked_fill(counts[None, None, :] == 0, float("-inf"))
+    if not uniform:  # regions of padding only are never routed to
+        logits = logits.masked_fill(counts[None, None, :] == 0, float("-inf"))
     return torch.topk(logits, min(topk, n_win * n_win), dim=-1).indices
 
 

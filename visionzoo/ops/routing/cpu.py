@@ -45,22 +45,53 @@ def _gather_sdpa(qr, kr, vr, idx, scale, ok):
     return out.transpose(1, 2).reshape(B, R, T, heads, -1)
 
 
+class _RebuiltMaskSDPA(torch.autograd.Function):
+    """ATen's CPU flash attention whose ``[B, 1, N, N]`` mask is rebuilt for the backward from the
+    routing (``make_mask``) instead of being kept alive from forward to backward: at BiFormer's
+    stage 3 it is the largest tensor autograd would otherwise hold per block."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, make_mask, scale):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=make_mask(), scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.make_mask, ctx.scale = make_mask, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, k, v, out, lse, 0.0, False, attn_mask=ctx.make_mask(), scale=ctx.scale)
+        return dq, dk, dv, None, None
+
+
 def _masked_dense(qp, kp, vp, idx, n_win, scale, valid):
-    """Dense SDPA over the padded map in its own (row-major) token order; the token mask is the
-    region mask indexed by each token's region (no region-major copies of q, k, v)."""
+    """Dense SDPA over the padded map in its own (row-major) token order; the additive token mask
+    is the region mask indexed by each token's region (no region-major copies of q, k, v)."""
     B, hp, wp, heads, D = qp.shape
     rh, rw = hp // n_win, wp // n_win
     R, N = n_win * n_win, hp * wp
-    dev = qp.device
+    dev, dtype = qp.device, qp.dtype
     region = ((torch.arange(hp, device=dev) // rh)[:, None] * n_win + torch.arange(wp, device=dev)[None, :] // rw)
     region = region.reshape(-1)
-    routed = torch.zeros(B, R, R, dtype=torch.bool, device=dev).scatter_(2, idx, True)
-    mask = routed[:, region[:, None], region[None, :]]  # [B, N, N] bool (a quarter of a float mask's bytes)
+    real = None
     if tuple(valid) != (hp, wp):  # padded keys
         real = ((torch.arange(hp, device=dev) < valid[0])[:, None] & (torch.arange(wp, device=dev) < valid[1])[None, :])
-        mask &= real.reshape(1, 1, N)
+
+    def make_mask():
+        bias = torch.full((B, R, R), float("-inf"), dtype=dtype, device=dev).scatter_(2, idx, 0.0)
+        mask = bias.index_select(1, region).index_select(2, region)  # [B, N, N]: two fast gathers
+        if real is not None:
+            mask.masked_fill_(~real.reshape(1, 1, N), float("-inf"))
+        return mask.unsqueeze(1)
+
     q, k, v = (t.reshape(B, N, heads, -1).transpose(1, 2) for t in (qp, kp, vp))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1), scale=scale)
+    # ATen's flash kernel needs D == Dv (SDPA's own dispatch falls back to its math path otherwise)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)) and q.shape[-1] == v.shape[-1]:
+        out = _RebuiltMaskSDPA.apply(q, k, v, make_mask, scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=make_mask(), scale=scale)
     return out.transpose(1, 2).reshape(B, hp, wp, heads, -1)
 
 
