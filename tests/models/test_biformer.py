@@ -41,7 +41,8 @@ def test_official_key_listing_converts(name):
     model = visionzoo.create_model(name, device="meta")
     fake = {k: torch.empty(shape, device="meta") for k, shape in listing["state_dict"].items()}
     converted = biformer.checkpoint_filter_fn(fake, model)
-    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == want
 
 
 def test_param_counts():

@@ -42,7 +42,8 @@ def _inputs(H, W, heads, D, Dv, block, halo, stride, bias=True, dtype=torch.floa
     ts = [torch.randn(2, hq, wq, heads, D, generator=g, dtype=torch.float64),
           torch.randn(2, H, W, heads, D, generator=g, dtype=torch.float64),
           torch.randn(2, H, W, heads, Dv, generator=g, dtype=torch.float64)]
-    ts += [torch.randn(2 * win - 1, D, generator=g, dtype=torch.float64) * 0.5 for _ in range(2)] if bias else [None, None]
+    tables = [torch.randn(2 * win - 1, D, generator=g, dtype=torch.float64) * 0.5 for _ in range(2)]
+    ts += tables if bias else [None, None]
     return [None if t is None else t.to(dtype).requires_grad_() for t in ts]
 
 

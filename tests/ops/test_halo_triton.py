@@ -42,7 +42,8 @@ def _inputs(case, dtype):
     ts = [torch.randn(1, hq, wq, heads, D, generator=g, dtype=torch.float64),
           torch.randn(1, H, W, heads, D, generator=g, dtype=torch.float64),
           torch.randn(1, H, W, heads, Dv, generator=g, dtype=torch.float64)]
-    ts += [torch.randn(2 * win - 1, D, generator=g, dtype=torch.float64) * 0.3 for _ in range(2)] if bias else [None, None]
+    tables = [torch.randn(2 * win - 1, D, generator=g, dtype=torch.float64) * 0.3 for _ in range(2)]
+    ts += tables if bias else [None, None]
     dout = torch.randn(1, hq, wq, heads, Dv, generator=g, dtype=torch.float64)
     return [None if t is None else t.to(dtype).to(DEVICE).requires_grad_() for t in ts], dout.to(dtype).to(DEVICE)
 

@@ -36,6 +36,11 @@ class QKVLinear(nn.Module):
         return self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
 
 
+def _lepe_conv(dim: int, kernel: int, dd: dict) -> nn.Conv2d | None:
+    """LePE: a depthwise ``kernel x kernel`` conv (None for kernel 0, the official 'no LePE')."""
+    return nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim, **dd) if kernel else None
+
+
 def _lepe(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Depthwise conv of a channels-last map (NCHW views of the same memory: no copies)."""
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -64,7 +69,7 @@ class BiLevelRoutingAttn(nn.Module):
         self.num_heads, self.n_win, self.topk = num_heads, n_win, topk
         self.scale = qk_scale or qk_dim ** -0.5
         self.backend = backend
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd) if side_dwconv else None
+        self.lepe = _lepe_conv(dim, side_dwconv, dd)
         self.qkv = QKVLinear(dim, qk_dim, **dd)
         self.wo = nn.Linear(dim, dim, **dd)
 
@@ -95,7 +100,7 @@ class GlobalAttnLePE(nn.Module):
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
         self.proj = nn.Linear(dim, dim, **dd)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd) if side_dwconv else None
+        self.lepe = _lepe_conv(dim, side_dwconv, dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape

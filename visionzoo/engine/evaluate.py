@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import fnmatch
 import glob
 import json
 import logging

@@ -16,7 +16,6 @@ builds the model of an official ``BiFormer(...)`` call.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +58,8 @@ class BiFormerCfg:
         if self.layout not in ("biformer", "stl"):
             raise ValueError(f"BiFormerCfg.layout must be 'biformer' or 'stl', got {self.layout!r}")
         if any(t == 0 or t < -2 or t == -1 for t in self.topks):
-            raise ValueError(f"BiFormerCfg.topks: each must be >= 1 (routing) or -2 (global attention), got {self.topks}")
+            raise ValueError(f"BiFormerCfg.topks: each must be >= 1 (routing) or -2 (global attention), "
+                             f"got {self.topks}")
 
 
 @register_notrace_module  # BatchNorm2d's batch-size check is Python control flow on the shape

@@ -172,7 +172,8 @@ def _pretrained_cfg(name: str, res: int) -> dict:
         num_classes=1000, input_size=(3, res, res), pool_size=(res // 32,) * 2, crop_pct=0.94,
         interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         first_conv="stem.conv1.conv", classifier="head.fc", license="apache-2.0",
-        paper_name="Scaling Local Self-Attention for Parameter Efficient Visual Backbones", paper_ids="arXiv:2103.12731",
+        paper_name="Scaling Local Self-Attention for Parameter Efficient Visual Backbones",
+        paper_ids="arXiv:2103.12731",
         origin_url="https://github.com/huggingface/pytorch-image-models",
         notes=(("Weights are not hosted by visionzoo; timm's state_dict of the same name loads with "
                 "create_model(name, checkpoint_path=...).",) if timm_name else

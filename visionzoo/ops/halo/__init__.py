@@ -23,16 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
+from .._checks import check_qkv, triton_attention_can_run
 
 __all__ = ["halo_attn", "halo_geometry"]
-
-
-def _triton_can_run(q, k, v, **geometry) -> str | None:
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"the Triton kernels take fp16/bf16/fp32, got {q.dtype}"
-    if max(q.shape[-1], v.shape[-1]) > 256:
-        return f"the Triton kernels take head dims up to 256, got {q.shape[-1]} (v: {v.shape[-1]})"
-    return None
 
 
 _backend.register_op(
@@ -42,7 +35,7 @@ _backend.register_op(
         "cpu": "visionzoo.ops.halo.cpu:halo_cpu",
         "triton": "visionzoo.ops.halo.triton:halo_triton",
     },
-    checks={"triton": _triton_can_run},
+    checks={"triton": triton_attention_can_run},
 )
 
 
@@ -54,11 +47,7 @@ def halo_geometry(size: tuple[int, int], block_size: int, stride: int = 1) -> tu
 
 
 def _check(q, k, v, block_size, halo_size, stride, rel_h, rel_w):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-        if t.dim() != 5:
-            raise ValueError(f"{name} must be [B, H, W, heads, D] (5-D), got shape {tuple(t.shape)}")
+    check_qkv(q, k, v, 5, "[B, H, W, heads, D]")
     for name, val, low in (("block_size", block_size, 1), ("halo_size", halo_size, 0), ("stride", stride, 1)):
         if not isinstance(val, int) or isinstance(val, bool) or val < low:
             raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
@@ -72,10 +61,6 @@ def _check(q, k, v, block_size, halo_size, stride, rel_h, rel_w):
         raise ValueError(f"q must be [B, ceil(H/stride), ceil(W/stride), heads, D] = "
                          f"{[k.shape[0], *want_q, *k.shape[3:]]} for k {tuple(k.shape)} and stride {stride}, "
                          f"got {tuple(q.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
-        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if (rel_h is None) != (rel_w is None):
         raise ValueError("rel_h and rel_w must be given together (or neither)")
     win = block_size + 2 * halo_size

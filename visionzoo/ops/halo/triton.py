@@ -9,7 +9,6 @@ prepared by ``halo_attn``. fp32 / fp16 / bf16 with fp32 accumulation; head dims 
 from typing import Optional
 
 import torch
-import triton
 
 from ..neighborhood.triton import _LOG2E, _empty, _pow2, _precision
 from . import triton_kernels as _k

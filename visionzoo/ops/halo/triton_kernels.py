@@ -20,7 +20,7 @@ Known limits: atomics make dK/dV/d(bias) summation order non-deterministic; a bl
 import triton
 import triton.language as tl
 
-from ..neighborhood.triton_kernels import _mma
+from ..neighborhood.triton_kernels import _mma, _online_softmax_step
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -44,7 +44,8 @@ def _logits(q, kt, y, x, i, j, a, c, ok, EH, EW, se_y, se_x, qk_scale,
     off_h = row + (a[None, :] - i[:, None] + WIN - 1)
     off_w = row + (c[None, :] - j[:, None] + WIN - 1)
     if HAS_BIAS:
-        bias = tl.load(EH + off_h, mask=ok, other=0.0).to(tl.float32) + tl.load(EW + off_w, mask=ok, other=0.0).to(tl.float32)
+        bias = tl.load(EH + off_h, mask=ok, other=0.0).to(tl.float32)
+        bias += tl.load(EW + off_w, mask=ok, other=0.0).to(tl.float32)
         s += bias * _LOG2E
     return tl.where(ok, s, float("-inf")), off_h, off_w
 
@@ -66,7 +67,8 @@ def _halo_fwd_kernel(Q, K, V, EH, EW, OUT, LSE,
     V += b * sv_b + n * sv_n
     EH += b * se_b + n * se_n
     EW += b * se_b + n * se_n
-    q = tl.load(Q + y[:, None] * sq_y + x[:, None] * sq_x + d[None, :], mask=q_ok[:, None] & (d[None, :] < D), other=0.0)
+    q = tl.load(Q + y[:, None] * sq_y + x[:, None] * sq_x + d[None, :], mask=q_ok[:, None] & (d[None, :] < D),
+                other=0.0)
     m_i = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, BLOCK_DV], tl.float32)
@@ -74,18 +76,14 @@ def _halo_fwd_kernel(Q, K, V, EH, EW, OUT, LSE,
         t = t0 + tl.arange(0, BLOCK_K)
         a, c, k_ok = t // WIN, t % WIN, t < WIN * WIN
         ky, kx = by * BLOCK + a, bx * BLOCK + c
-        kt = tl.load(K + ky[None, :] * sk_y + kx[None, :] * sk_x + d[:, None], mask=k_ok[None, :] & (d[:, None] < D), other=0.0)
-        v = tl.load(V + ky[:, None] * sv_y + kx[:, None] * sv_x + dv[None, :], mask=k_ok[:, None] & (dv[None, :] < DV), other=0.0)
+        kt = tl.load(K + ky[None, :] * sk_y + kx[None, :] * sk_x + d[:, None],
+                     mask=k_ok[None, :] & (d[:, None] < D), other=0.0)
+        v = tl.load(V + ky[:, None] * sv_y + kx[:, None] * sv_x + dv[None, :],
+                    mask=k_ok[:, None] & (dv[None, :] < DV), other=0.0)
         ok = q_ok[:, None] & k_ok[None, :]
         s, _, _ = _logits(q, kt, y, x, i, j, a, c, ok, EH, EW, se_y, se_x, qk_scale, WIN, HAS_BIAS, PRECISION)
         s = tl.where(k_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, PRECISION)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(OUT + b * so_b + n * so_n + y[:, None] * so_y + x[:, None] * so_x + dv[None, :],

@@ -15,16 +15,9 @@ from typing import Sequence
 import torch
 
 from .. import _backend
+from .._checks import check_qkv, triton_attention_can_run
 
 __all__ = ["na1d", "na2d"]
-
-def _triton_can_run(q, k, v, **geometry) -> str | None:
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"the Triton kernels take fp16/bf16/fp32, got {q.dtype}"
-    if max(q.shape[-1], v.shape[-1]) > 256:
-        return f"the Triton kernels take head dims up to 256, got {q.shape[-1]} (v: {v.shape[-1]})"
-    return None
-
 
 _backend.register_op(
     "na2d",
@@ -33,7 +26,7 @@ _backend.register_op(
         "cpu": "visionzoo.ops.neighborhood.cpu:na2d_cpu",
         "triton": "visionzoo.ops.neighborhood.triton:na2d_triton",
     },
-    checks={"triton": _triton_can_run},
+    checks={"triton": triton_attention_can_run},
 )
 
 
@@ -47,19 +40,10 @@ def _pair(value: int | Sequence[int], name: str, ndim: int) -> tuple[int, ...]:
 
 
 def _check(q, k, v, rpb, kernel_size, stride, ndim):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-        if t.dim() != ndim + 3:
-            layout = "[B, H, W, heads, D]" if ndim == 2 else "[B, L, heads, D]"
-            raise ValueError(f"{name} must be {layout} ({ndim + 3}-D), got shape {tuple(t.shape)}")
+    check_qkv(q, k, v, ndim + 3, "[B, H, W, heads, D]" if ndim == 2 else "[B, L, heads, D]")
     if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"q, k must have equal shapes and v the same except D: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
-        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     for s, kk in zip(stride, kernel_size):
         if s > kk:
             raise ValueError(f"stride {stride} must not exceed kernel_size {kernel_size} on any axis")

@@ -85,6 +85,18 @@ def _mma(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _online_softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """One flash-attention-2 update with base-2 logits ``s`` (``-inf`` = masked) and values ``v``:
+    returns the new running max, normaliser and accumulator. Rows with no key yet keep max
+    ``-inf`` and are rescaled by 0, not NaN."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + _mma(p.to(v.dtype), v, PRECISION)
+
+
+@triton.jit
 def _rpb_offset(dr, dc, KH: tl.constexpr, KW: tl.constexpr):
     """Offset of the key-minus-query offset ``(dr, dc)`` in one head's ``[2KH-1, 2KW-1]`` table."""
     return (dr + KH - 1) * (2 * KW - 1) + dc + KW - 1

@@ -21,16 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
+from .._checks import check_qkv, triton_attention_can_run
 
 __all__ = ["bra", "bra_routing", "region_geometry"]
-
-
-def _triton_can_run(q, k, v, **geometry) -> str | None:
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"the Triton kernels take fp16/bf16/fp32, got {q.dtype}"
-    if max(q.shape[-1], v.shape[-1]) > 256:
-        return f"the Triton kernels take head dims up to 256, got {q.shape[-1]} (v: {v.shape[-1]})"
-    return None
 
 
 _backend.register_op(
@@ -40,7 +33,7 @@ _backend.register_op(
         "cpu": "visionzoo.ops.routing.cpu:bra_cpu",
         "triton": "visionzoo.ops.routing.triton:bra_triton",
     },
-    checks={"triton": _triton_can_run},
+    checks={"triton": triton_attention_can_run},
 )
 
 
@@ -51,18 +44,10 @@ def region_geometry(size: tuple[int, int], n_win: int) -> tuple[int, int]:
 
 
 def _check(q, k, v, n_win, topk):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-        if t.dim() != 5:
-            raise ValueError(f"{name} must be [B, H, W, heads, D] (5-D), got shape {tuple(t.shape)}")
+    check_qkv(q, k, v, 5, "[B, H, W, heads, D]")
     if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"q, k must have equal shapes and v the same except D: q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
-        raise TypeError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     for name, val in (("n_win", n_win), ("topk", topk)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"{name} must be an int >= 1, got {val!r}")

@@ -18,7 +18,7 @@ non-deterministic; no autotuning.
 import triton
 import triton.language as tl
 
-from ..neighborhood.triton_kernels import _mma
+from ..neighborhood.triton_kernels import _mma, _online_softmax_step
 
 
 @triton.jit
@@ -68,13 +68,7 @@ def _bra_fwd_kernel(Q, K, V, IDX, OUT, LSE,
             v = tl.load(V + ky[:, None] * sv_y + kx[:, None] * sv_x + dv[None, :],
                         mask=k_ok[:, None] & (dv[None, :] < DV), other=0.0)
             s = tl.where(k_ok[None, :], _mma(q, kt, PRECISION) * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, PRECISION)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     tl.store(OUT + b * so_b + n * so_n + y[:, None] * so_y + x[:, None] * so_x + dv[None, :],
              (acc / l_safe[:, None]).to(OUT.dtype.element_ty), mask=q_ok[:, None] & (dv[None, :] < DV))
