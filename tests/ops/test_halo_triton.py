@@ -60,16 +60,7 @@ def _check(case, dtype):
     got = _run(case, tensors, dout, "triton")
     want = _run(case, [None if t is None else t.detach().double().requires_grad_() for t in tensors],
                 dout.double(), "reference")
-    errors = []
-    for name, actual in got.items():
-        if not torch.isfinite(actual).all():
-            errors.append(f"{name}: non-finite values")
-            continue
-        try:
-            _testing.assert_close(actual, want[name].to(actual.device), "out" if name == "out" else "grad", name)
-        except AssertionError as e:
-            errors.append(str(e))
-    assert not errors, "\n\n".join(errors)
+    _testing.assert_all_close(got, want)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "nan_like"]
+__all__ = ["TOLERANCES", "assert_close", "assert_all_close", "nan_like"]
 
 #: (atol, rtol) for outputs and for gradients, per dtype
 TOLERANCES = {
@@ -27,3 +27,19 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, kind: str = "out"
 def nan_like(t: torch.Tensor) -> torch.Tensor:
     """A fresh buffer full of NaN, so that an element a kernel forgot to write fails the test."""
     return torch.full_like(t, float("nan"))
+
+
+def assert_all_close(got: dict, want: dict) -> None:
+    """Compare named tensors (``out`` with the output tolerance, the rest as gradients), each on its
+    own, and report every mismatch and every non-finite tensor, not just the first."""
+    assert set(got) == set(want), (sorted(got), sorted(want))
+    errors = []
+    for name, actual in got.items():
+        if not torch.isfinite(actual).all():
+            errors.append(f"{name}: non-finite values (unwritten buffer or overflow)")
+            continue
+        try:
+            assert_close(actual, want[name].to(actual.device), "out" if name == "out" else "grad", name)
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n\n".join(errors)
