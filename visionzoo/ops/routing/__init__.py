@@ -60,8 +60,10 @@ def _pad(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tuple[int, int]) -> torch.Tensor:
-    """Routing indices ``[B, n_win^2, min(topk, n_win^2)]`` (int64) from zero-padded maps."""
+def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tuple[int, int],
+           ordered: bool = False) -> torch.Tensor:
+    """Routing indices ``[B, n_win^2, min(topk, n_win^2)]`` (int64) from zero-padded maps; by
+    affinity when ``ordered`` (attention only needs the set)."""
     B, hp, wp = qp.shape[:3]
     rh, rw = hp // n_win, wp // n_win
 
@@ -77,7 +79,7 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
     logits = means(qp) @ means(kp).transpose(1, 2)
     if not uniform:  # regions of padding only are never routed to
         logits = logits.masked_fill(counts[None, None, :] == 0, float("-inf"))
-    return torch.topk(logits, min(topk, n_win * n_win), dim=-1).indices
+    return torch.topk(logits, min(topk, n_win * n_win), dim=-1, sorted=ordered).indices
 
 
 def bra_routing(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
@@ -85,7 +87,7 @@ def bra_routing(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torc
     (row-major region order) for every query region, highest affinity first."""
     _check(q, k, k, n_win, topk)
     hp, wp = (r * n_win for r in region_geometry(tuple(q.shape[1:3]), n_win))
-    return _route(_pad(q, hp, wp), _pad(k, hp, wp), n_win, topk, tuple(q.shape[1:3]))
+    return _route(_pad(q, hp, wp), _pad(k, hp, wp), n_win, topk, tuple(q.shape[1:3]), ordered=True)
 
 
 def bra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, topk: int, scale: float | None = None,

@@ -7,8 +7,8 @@ Two exact formulations, chosen per call by how much of the map a query sees:
   ``index_add``, not ``torch.gather``'s scatter over an expanded view), then one fused SDPA call
   with the query regions as the batch.
 * **masked dense SDPA** (the routed set covers a large share of the map, e.g. stage 3 with 16 of 49
-  regions): the ``[n^2, n^2]`` region mask indexed by every token's region gives the token mask;
-  one dense SDPA call on the map as it is (no region-major copies).
+  regions): the ``[n^2, n^2]`` region mask broadcast to every region's tokens gives the token
+  mask; one dense SDPA call on the map as it is (no region-major copies).
 
 Padding (``valid`` smaller than the map) adds the padded keys to the mask in both.
 """
@@ -68,20 +68,20 @@ class _RebuiltMaskSDPA(torch.autograd.Function):
 
 def _masked_dense(qp, kp, vp, idx, n_win, scale, valid):
     """Dense SDPA over the padded map in its own (row-major) token order; the additive token mask
-    is the region mask indexed by each token's region (no region-major copies of q, k, v)."""
+    is the region mask broadcast to the tokens of each region (no region-major copies of q, k, v)."""
     B, hp, wp, heads, D = qp.shape
     rh, rw = hp // n_win, wp // n_win
     R, N = n_win * n_win, hp * wp
     dev, dtype = qp.device, qp.dtype
-    region = ((torch.arange(hp, device=dev) // rh)[:, None] * n_win + torch.arange(wp, device=dev)[None, :] // rw)
-    region = region.reshape(-1)
     real = None
     if tuple(valid) != (hp, wp):  # padded keys
         real = ((torch.arange(hp, device=dev) < valid[0])[:, None] & (torch.arange(wp, device=dev) < valid[1])[None, :])
 
     def make_mask():
         bias = torch.full((B, R, R), float("-inf"), dtype=dtype, device=dev).scatter_(2, idx, 0.0)
-        mask = bias.index_select(1, region).index_select(2, region)  # [B, N, N]: two fast gathers
+        # token (y, x) lies in region (y // rh, x // rw): one broadcast copy gives the row-major token mask
+        mask = bias.view(B, n_win, 1, n_win, 1, n_win, 1, n_win, 1).expand(
+            B, n_win, rh, n_win, rw, n_win, rh, n_win, rw).reshape(B, N, N)
         if real is not None:
             mask.masked_fill_(~real.reshape(1, 1, N), float("-inf"))
         return mask.unsqueeze(1)
