@@ -111,3 +111,24 @@ def test_bad_config_raises():
         visionzoo.create_model("halonet26t", halo_blocks=((), (), (5,), (0, 1)), device="meta")
     with pytest.raises(ValueError, match="one entry per stage"):
         visionzoo.create_model("halonet26t", num_heads=(8, 8), device="meta")
+
+
+@pytest.mark.parametrize("block,avg_down", [(7, False), (8, True)])
+def test_pooled_downsampling_variant(block, avg_down):
+    """An odd block (or avg_down) cannot subsample queries per block: the layer attends at stride 1
+    and average-pools, like timm's HaloAttn; odd maps pool with ceil so the shortcut's size matches."""
+    from timm.layers.halo_attn import HaloAttn
+
+    from visionzoo.blocks.halo_attn import HaloAttn2d
+    ours = HaloAttn2d(16, 16, stride=2, num_heads=2, block_size=block, halo_size=2, avg_down=avg_down).eval()
+    assert isinstance(ours.pool, torch.nn.AvgPool2d) and ours.block_stride == 1
+    theirs = HaloAttn(16, 16, stride=2, num_heads=2, block_size=block, halo_size=2, avg_down=avg_down).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 16, 2 * block, 2 * block)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+    odd = torch.randn(1, 16, 2 * block + 1, 9, requires_grad=True)
+    out = ours.train()(odd)
+    assert out.shape[-2:] == (block + 1, 5)
+    out.sum().backward()
+    assert torch.isfinite(odd.grad).all()
