@@ -161,9 +161,6 @@ class BiFormer(Backbone):
         self._finish(in_chans, num_classes, dims, reductions, global_pool)
         self.apply(self._init_weights)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
