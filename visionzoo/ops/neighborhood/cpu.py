@@ -37,9 +37,9 @@ Autograd: one ``autograd.Function`` saves the gathered tiles, the tile output an
 log-sum-exp (re-gathering them cost about a third of the backward), calls the flash backward
 kernel and scatter-adds the tile gradients. Unmasked tiles (partitions without padding or bias:
 dilated DiNAT layers at 224, MaxViT) take an explicit-matmul backward instead, in chunks of at
-most 32 MiB of logits: same-round A/B runs at DiNAT stage-1 dilation 8 and stage-3 dilation 2
-gave fwd+bwd / fwd of 2.6-3.3 against flash's 2.9-3.4 (with a mask flash's backward is the faster
-one, 3.0-3.3 against 4.2-4.6). ``Dv != D`` (no flash kernel) takes it too.
+most 32 MiB of logits: four same-round A/B runs at DiNAT stage-1 dilation 8 and stage-3
+dilation 2 gave fwd+bwd / fwd of 2.6-3.3 against flash's 2.9-3.5, about 5 % less on average
+(with a mask flash's backward is the faster one, 3.0-3.3 against 4.2-4.6). ``Dv != D`` (no flash kernel) takes it too.
 ``d rpb`` (the flash kernel gives none for the mask) comes from explicit logits: ``dS`` summed
 over the batch and scattered into ``rpb``.
 
