@@ -109,3 +109,31 @@ def test_compile_fullgraph_front_door():
 def test_shares_the_na_launcher_helpers():
     """One definition of the buffer allocator / precision policy for both ops' launchers."""
     assert halo_triton._precision is na_triton._precision
+
+
+def _build_for_sm90():
+    """Both halo kernels as launched for HaloNet's b=8, h=3 at head dim 64, strided and not, per dtype."""
+    from _sm90 import build_for_sm90
+
+    from visionzoo.ops.halo import triton_kernels
+
+    def launch_all(dtype):
+        for stride in (1, 2):
+            g = torch.Generator().manual_seed(0)
+            bq, hq = 8 // stride, 16 // stride
+            qp = torch.randn(2, hq, hq, 2, 64, generator=g).to(dtype)
+            kp, vp = (torch.randn(2, 22, 22, 2, 64, generator=g).to(dtype) for _ in range(2))
+            eh, ew = (torch.randn(2, hq, hq, 2, 27, generator=g).to(dtype) for _ in range(2))
+            out, lse = halo_triton.halo_forward(qp, kp, vp, eh, ew, bq, 8, 3, 0.125)
+            halo_triton.halo_backward(torch.randn_like(out), qp, kp, vp, eh, ew, out, lse, bq, 8, 3, 0.125)
+    return build_for_sm90(triton_kernels, launch_all)
+
+
+@pytest.mark.extended
+def test_builds_for_sm90():
+    """The kernels compile for an H100 as launched (the interpreter checks numerics, not this)."""
+    pytest.importorskip("triton.backends.nvidia", reason="this Triton install has no CUDA backend")
+    from ._sm90 import run_in_subprocess
+    rows = run_in_subprocess("test_halo_triton", "_build_for_sm90")
+    assert len(rows) == 3 * 2 * 2, rows  # fwd and bwd, two strides, per dtype
+    assert all(int(spill) <= 64 for _, kind, spill in rows if kind != "*fp32"), rows

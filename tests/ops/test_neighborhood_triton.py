@@ -6,12 +6,7 @@ Every buffer the launchers allocate is NaN-filled here, so an element a kernel f
 fails the comparison.
 """
 import functools
-import os
 import random
-import re
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -222,65 +217,26 @@ def test_sweep_low_precision(dtype, case):
 
 
 def _build_for_sm90():
-    """Compile each kernel exactly as the launchers configure it for an H100 (sm_90a) and return
-    ptxas' register / spill report. Needs no GPU (``triton.compile`` + the bundled ptxas), but
-    must run in a process without ``TRITON_INTERPRET``; see ``test_builds_for_sm90``."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    """Every NA kernel as launched for a dilated, strided case, per dtype (see ``tests/ops/_sm90.py``)."""
+    from _sm90 import build_for_sm90
 
     from visionzoo.ops.neighborhood import triton_kernels
 
-    launches = []
-
-    class Recorder:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.fn, args, kwargs))
-
-    names = [n for n in dir(triton_kernels) if n.endswith("_kernel")]
-    for n in names:
-        setattr(triton_kernels, n, Recorder(getattr(triton_kernels, n)))
-    kinds = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    for dtype in kinds:
+    def launch_all(dtype):
         case = Case(28, 30, 2, 64, 64, (7, 7), (2, 1), (1, 2))
         (q, k, v, rpb), dout = _inputs(case, dtype)
         q, k, v, rpb = (t.detach() for t in (q, k, v, rpb))
         out, lse = na_triton.na2d_forward(q, k, v, rpb, case.kernel, case.dilation, case.stride, 0.125)
         na_triton.na2d_backward(dout, q, k, v, out, lse, rpb, case.kernel, case.dilation, case.stride, 0.125)
-    ptxas = f"{triton.__path__[0]}/backends/nvidia/bin/ptxas"
-    report = []
-    for fn, args, kwargs in launches:
-        consts = {k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
-        sig = {name: ("constexpr" if name in consts else f"*{kinds[a.dtype]}" if isinstance(a, torch.Tensor)
-                      else "fp32" if isinstance(a, float) else "i32")
-               for name, a in zip(fn.arg_names, list(args) + [consts.get(n) for n in fn.arg_names[len(args):]])}
-        src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": kwargs["num_warps"], "num_stages": kwargs.get("num_stages", 2)})
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-            f.write(compiled.asm["ptx"])
-            f.flush()
-            info = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
-                                  capture_output=True, text=True, check=True).stderr
-        spill = int(re.search(r"(\d+) bytes spill stores", info).group(1))
-        report.append((fn.__name__, sig[fn.arg_names[0]], spill))
-    return report
+    return build_for_sm90(triton_kernels, launch_all)
 
 
 @pytest.mark.extended
 def test_builds_for_sm90():
     """The kernels compile for an H100 as launched (the interpreter checks numerics, not this)."""
     pytest.importorskip("triton.backends.nvidia", reason="this Triton install has no CUDA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_neighborhood_triton as t; "
-            "[print(*row) for row in t._build_for_sm90()]")
-    res = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    rows = [line.split() for line in res.stdout.splitlines()]
+    from ._sm90 import run_in_subprocess
+    rows = run_in_subprocess("test_neighborhood_triton", "_build_for_sm90")
     assert len(rows) == 3 * 4, rows  # fwd, delta, dq, dkdv per dtype
     # half precision must not spill more than a few words; fp32 (tf32x3) is the slow path anyway
     assert all(int(spill) <= 64 for _, kind, spill in rows if kind != "*fp32"), rows

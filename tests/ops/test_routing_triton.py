@@ -87,3 +87,28 @@ def test_bad_routing_indices_raise():
     q = torch.zeros(1, 14, 14, 1, 16)
     with pytest.raises(ValueError, match="idx must be int64"):
         bra_triton.bra_forward(q, q, q, torch.zeros(1, 49, 2, dtype=torch.int32), 7, 0.25, [14, 14])
+
+
+def _build_for_sm90():
+    """Both routing kernels as launched for BiFormer's stage-1 shape (8x8 regions, topk 4), per dtype."""
+    from _sm90 import build_for_sm90
+
+    from visionzoo.ops.routing import triton_kernels
+
+    def launch_all(dtype):
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(2, 56, 56, 2, 32, generator=g).to(dtype) for _ in range(3))
+        idx = torch.randint(0, 49, (2, 49, 4), generator=g)
+        out, lse = bra_triton.bra_forward(q, k, v, idx, 7, 0.125, (56, 56))
+        bra_triton.bra_backward(torch.randn_like(out), q, k, v, idx, out, lse, 7, 0.125, (56, 56))
+    return build_for_sm90(triton_kernels, launch_all)
+
+
+@pytest.mark.extended
+def test_builds_for_sm90():
+    """The kernels compile for an H100 as launched (the interpreter checks numerics, not this)."""
+    pytest.importorskip("triton.backends.nvidia", reason="this Triton install has no CUDA backend")
+    from ._sm90 import run_in_subprocess
+    rows = run_in_subprocess("test_routing_triton", "_build_for_sm90")
+    assert len(rows) == 3 * 2, rows  # fwd and bwd per dtype
+    assert all(int(spill) <= 64 for _, kind, spill in rows if kind != "*fp32"), rows

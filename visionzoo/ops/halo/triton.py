@@ -16,24 +16,23 @@ from . import triton_kernels as _k
 __all__ = ["halo_triton", "halo_forward", "halo_backward"]
 
 
-def _plan(q, k, v, bq, block, halo, has_bias):
+def _plan(q, k, v, bq, block, halo, has_bias, backward=False):
+    """Grid, blocks per row and compile-time constants. Key chunks shrink with the query block and
+    head width (and again for the backward, which holds dQ, P, dP and dS at once) so that the sm_90a
+    builds of the 8 x 8-query kernels at head dim 64 in fp16/bf16 spill at most a few words
+    (``test_builds_for_sm90``)."""
     B, hq, wq, heads, D = q.shape
     want = (B, hq // bq * block + 2 * halo, wq // bq * block + 2 * halo, heads)
     if hq % bq or wq % bq or tuple(k.shape[:4]) != want or tuple(v.shape[:4]) != want or k.shape[-1] != D:
         raise ValueError(f"halo kernels: q {tuple(q.shape)} must be whole blocks of {bq} and k/v padded to "
                          f"{want} (+ D), got k {tuple(k.shape)}, v {tuple(v.shape)}")
-    return _launch_plan(q, v, bq, block, halo, has_bias)
-
-
-def _launch_plan(q, v, bq, block, halo, has_bias):
-    B, hq, wq, heads, D = q.shape
     Dv = v.shape[-1]
     block_q = max(16, _pow2(bq * bq))
-    width = max(D, Dv) * (2 if q.dtype == torch.float32 else 1)
-    block_k = 64 if block_q * width <= 64 * 64 else 32 if block_q * width <= 128 * 128 else 16
+    load = block_q * max(D, Dv) * (2 if q.dtype == torch.float32 else 1) * (2 if backward else 1)
+    block_k = 64 if load <= 32 * 64 else 32 if load <= 64 * 64 else 16
     consts = dict(BQ=bq, BLOCK=block, WIN=block + 2 * halo, BLOCK_Q=block_q, BLOCK_K=block_k,
                   BLOCK_D=max(16, _pow2(D)), BLOCK_DV=max(16, _pow2(Dv)), HAS_BIAS=has_bias,
-                  PRECISION=_precision(q.dtype), num_warps=4 if block_q <= 64 else 8, num_stages=2)
+                  PRECISION=_precision(q.dtype), num_warps=4 if load <= 64 * 64 else 8, num_stages=2)
     grid = ((hq // bq) * (wq // bq), B * heads)
     return grid, wq // bq, consts
 
@@ -76,7 +75,7 @@ def halo_backward(dout, q, k, v, eh, ew, out, lse, bq, block, halo, scale):
     dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
     deh = torch.zeros(eh.shape if has_bias else (0,), dtype=torch.float32, device=q.device)
     dew = torch.zeros_like(deh)
-    grid, nbw, consts = _plan(q, k, v, bq, block, halo, has_bias)
+    grid, nbw, consts = _plan(q, k, v, bq, block, halo, has_bias, backward=True)
     _k._halo_bwd_kernel[grid](q, k, v, eh, ew, dout, lse, delta, dq, dk, dv, deh if has_bias else dq,
                               dew if has_bias else dq, *_strides(q, k, v, eh, dout), *lse.stride()[:3],
                               nbw, heads, D, v.shape[-1], scale * _LOG2E, scale, **consts)
