@@ -17,7 +17,10 @@ from . import triton_kernels as _k
 __all__ = ["bra_triton", "bra_forward", "bra_backward"]
 
 
-def _plan(q, k, v, idx, n_win):
+def _plan(q, k, v, idx, n_win, backward=False):
+    """Grid, region geometry and compile-time constants; key chunks shrink with the head width, the
+    fp32 (tf32x3) operand split and the backward's extra live tiles, so sm_90a builds at BiFormer's
+    shapes spill at most a few words (``test_builds_for_sm90``)."""
     B, hp, wp, heads, D = q.shape
     if hp % n_win or wp % n_win or k.shape != q.shape or v.shape[:4] != q.shape[:4]:
         raise ValueError(f"bra kernels: maps must be whole regions of an n_win={n_win} grid with q/k equal, "
@@ -27,14 +30,14 @@ def _plan(q, k, v, idx, n_win):
     rh, rw = hp // n_win, wp // n_win
     Dv = v.shape[-1]
     block_q = max(16, min(64, _pow2(rh * rw)))
-    width = max(D, Dv) * (2 if q.dtype == torch.float32 else 1)
-    block_k = 64 if width <= 64 else 32 if width <= 128 else 16
+    width = max(D, Dv) * (2 if q.dtype == torch.float32 else 1) * (2 if backward else 1)
+    block_k = 64 if width <= 32 else 32 if width <= 64 else 16
     block_k = max(16, min(block_k, _pow2(rh * rw)))
     qt = triton.cdiv(rh * rw, block_q)
     grid = (n_win * n_win * qt, B * heads)
     geometry = (n_win, qt, rh, rw, idx.shape[-1])
     consts = dict(BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, _pow2(D)), BLOCK_DV=max(16, _pow2(Dv)),
-                  PRECISION=_precision(q.dtype), num_warps=4, num_stages=2)
+                  PRECISION=_precision(q.dtype), num_warps=4 if width <= 64 else 8, num_stages=2)
     return grid, geometry, consts
 
 
@@ -61,7 +64,7 @@ def bra_backward(dout, q, k, v, idx, out, lse, n_win, scale, valid):
     dq = _empty(q.shape, q.dtype, q.device)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
-    grid, geometry, consts = _plan(q, k, v, idx, n_win)
+    grid, geometry, consts = _plan(q, k, v, idx, n_win, backward=True)
     _k._bra_bwd_kernel[grid](q, k, v, idx, dout, lse, delta, dq, dk, dv, *_strides(q, k, v, dout), *lse.stride()[:3],
                              *geometry, *valid, heads, D, v.shape[-1], scale * _LOG2E, scale, **consts)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
