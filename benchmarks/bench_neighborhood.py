@@ -27,7 +27,6 @@ import importlib
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks import harness
 
@@ -59,23 +58,10 @@ def make_call(stage: str, batch: int, dilation: int, variant: str, mode: str):
         import natten
         op = lambda: natten.na2d(q, k, v, KERNEL, dilation=dilation)  # noqa: E731
     elif variant == "dense_sdpa":
-        def op():
-            tok = [x.flatten(1, 2).transpose(1, 2) for x in (q, k, v)]  # [B, heads, HW, D] views
-            return F.scaled_dot_product_attention(*tok).transpose(1, 2).unflatten(1, (side, side))
+        op = lambda: harness.dense_sdpa(q, k, v)  # noqa: E731
     else:
         raise ValueError(f"unknown variant {variant!r}")
-    if not grad:
-        def call():
-            with torch.inference_mode():
-                return op()
-        return call
-
-    grad_out = torch.randn(batch, side, side, heads, dim)
-
-    def call_bwd():
-        op().backward(grad_out)
-        q.grad = k.grad = v.grad = None
-    return call_bwd
+    return harness.op_call(op, (q, k, v), mode)
 
 
 def _natten_available() -> str | None:

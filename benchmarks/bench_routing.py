@@ -23,7 +23,6 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks import harness
 
@@ -72,22 +71,10 @@ def make_call(stage: str, batch: int, topk: int, variant: str, mode: str):
     elif variant == "official_gather":
         op = lambda: official_gather(q, k, v, N_WIN, topk, scale)  # noqa: E731
     elif variant == "dense_sdpa":
-        def op():
-            tok = [x.flatten(1, 2).transpose(1, 2) for x in (q, k, v)]
-            return F.scaled_dot_product_attention(*tok, scale=scale).transpose(1, 2).unflatten(1, (side, side))
+        op = lambda: harness.dense_sdpa(q, k, v, scale)  # noqa: E731
     else:
         raise ValueError(f"unknown variant {variant!r}")
-    if not grad:
-        def call():
-            with torch.inference_mode():
-                return op()
-        return call
-    grad_out = torch.randn(batch, side, side, heads, dim)
-
-    def call_bwd():
-        op().backward(grad_out)
-        q.grad = k.grad = v.grad = None
-    return call_bwd
+    return harness.op_call(op, (q, k, v), mode)
 
 
 def _max_diff(stage: str, topk: int) -> float:

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["Timing", "time_variants", "gemm_call", "peak_extra_mib", "model_call", "count_gflops",
+__all__ = ["Timing", "time_variants", "gemm_call", "peak_extra_mib", "op_call", "dense_sdpa", "model_call",
+           "count_gflops",
            "markdown_table", "write_json", "machine_info"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +146,33 @@ def peak_extra_mib(factory: str, kwargs: dict | None = None, threads: int | None
     if res.returncode != 0:
         raise RuntimeError(f"memory subprocess failed for {factory} {kwargs}:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])["extra_mib"]
+
+
+# ------------------------------------------------------------------------------------- op calls
+def op_call(op: Callable[[], torch.Tensor], leaves: tuple[torch.Tensor, ...], mode: str) -> Callable[[], object]:
+    """A zero-argument call of ``op`` (inputs already bound): ``fwd`` runs it in inference mode,
+    ``fwd+bwd`` also back-propagates a fixed random output gradient into ``leaves`` (then cleared)."""
+    if mode == "fwd":
+        def call():
+            with torch.inference_mode():
+                return op()
+        return call
+    if mode != "fwd+bwd":
+        raise ValueError(f"mode must be 'fwd' or 'fwd+bwd', got {mode!r}")
+    with torch.no_grad():
+        grad_out = torch.randn_like(op())
+
+    def call_bwd():
+        op().backward(grad_out)
+        for t in leaves:
+            t.grad = None
+    return call_bwd
+
+
+def dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Attention over every token of ``[B, H, W, heads, D]`` maps (the dense baseline of the op benchmarks)."""
+    tok = [x.flatten(1, 2).transpose(1, 2) for x in (q, k, v)]  # [B, heads, HW, D] views
+    return F.scaled_dot_product_attention(*tok, scale=scale).transpose(1, 2).unflatten(1, q.shape[1:3])
 
 
 # ------------------------------------------------------------------------------- whole models

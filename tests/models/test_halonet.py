@@ -10,8 +10,8 @@ import visionzoo
 from visionzoo.models._registry import MODELS
 
 from ._any_size import check_train_and_eval
+from ..fixtures import OFFICIAL
 from .test_maxvit import _perturb
-from .test_shvit import OFFICIAL
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "halonet"]
 TIMM = ["halonet26t", "sehalonet33ts", "halonet50ts", "eca_halonext26ts", "halonet_h1"]
