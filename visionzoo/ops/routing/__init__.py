@@ -17,6 +17,8 @@ or fused kernels that read the routed regions in place by index (``triton``).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -67,19 +69,26 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
     B, hp, wp = qp.shape[:3]
     rh, rw = hp // n_win, wp // n_win
 
+    uniform = tuple(valid) == (hp, wp)
+    counts = None if uniform else _region_counts(n_win, rh, rw, tuple(valid), qp.device).to(qp.dtype)
+
     def means(t):  # region sums by a channels-last sum-pool (a strided reshape-sum is ~50x slower)
         s = F.avg_pool2d(t.flatten(3).permute(0, 3, 1, 2), (rh, rw), divisor_override=1).flatten(2).transpose(1, 2)
         # equal counts (no padding) scale every logit alike: the top-k is the same without dividing
         return s if uniform else s / counts[None, :, None].clamp(min=1)
 
-    rows = torch.arange(hp, device=qp.device) < valid[0]
-    cols = torch.arange(wp, device=qp.device) < valid[1]
-    counts = (rows.view(n_win, rh).sum(1)[:, None] * cols.view(n_win, rw).sum(1)[None, :]).reshape(-1).to(qp.dtype)
-    uniform = tuple(valid) == (hp, wp)
     logits = means(qp) @ means(kp).transpose(1, 2)
     if not uniform:  # regions of padding only are never routed to
         logits = logits.masked_fill(counts[None, None, :] == 0, float("-inf"))
     return torch.topk(logits, min(topk, n_win * n_win), dim=-1, sorted=ordered).indices
+
+
+@functools.lru_cache(maxsize=64)
+def _region_counts(n_win: int, rh: int, rw: int, valid: tuple[int, int], device) -> torch.Tensor:
+    """Real (unpadded) tokens of every region, ``[n_win^2]`` int64."""
+    rows = torch.arange(n_win * rh, device=device) < valid[0]
+    cols = torch.arange(n_win * rw, device=device) < valid[1]
+    return (rows.view(n_win, rh).sum(1)[:, None] * cols.view(n_win, rw).sum(1)[None, :]).reshape(-1)
 
 
 def bra_routing(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ Padding (``valid`` smaller than the map) adds the padded keys to the mask in bot
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -66,25 +68,34 @@ class _RebuiltMaskSDPA(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
+@functools.lru_cache(maxsize=64)
+def _token_regions(hp: int, wp: int, n_win: int, valid: tuple[int, int], device):
+    """Region of every token of the padded map in row-major order ``[hp * wp]``, and which tokens
+    are padding (``None`` without padding)."""
+    ys, xs = torch.arange(hp, device=device), torch.arange(wp, device=device)
+    region = ((ys // (hp // n_win))[:, None] * n_win + (xs // (wp // n_win))[None, :]).reshape(-1)
+    padding = None
+    if valid != (hp, wp):
+        padding = ((ys >= valid[0])[:, None] | (xs >= valid[1])[None, :]).reshape(-1)
+    return region, padding
+
+
 def _masked_dense(qp, kp, vp, idx, n_win, scale, valid):
     """Dense SDPA over the padded map in its own (row-major) token order; the additive token mask
     is the region mask broadcast to the tokens of each region (no region-major copies of q, k, v)."""
     B, hp, wp, heads, D = qp.shape
-    rh, rw = hp // n_win, wp // n_win
     R, N = n_win * n_win, hp * wp
     dev, dtype = qp.device, qp.dtype
-    real = None
-    if tuple(valid) != (hp, wp):  # padded keys
-        real = ((torch.arange(hp, device=dev) < valid[0])[:, None] & (torch.arange(wp, device=dev) < valid[1])[None, :])
+    region, padding = _token_regions(hp, wp, n_win, tuple(valid), dev)
 
     def make_mask():
         bias = torch.full((B, R, R), float("-inf"), dtype=dtype, device=dev).scatter_(2, idx, 0.0)
-        # token (y, x) lies in region (y // rh, x // rw): one broadcast copy gives the row-major token mask
-        mask = bias.view(B, n_win, 1, n_win, 1, n_win, 1, n_win, 1).expand(
-            B, n_win, rh, n_win, rw, n_win, rh, n_win, rw).reshape(B, N, N)
-        if real is not None:
-            mask.masked_fill_(~real.reshape(1, 1, N), float("-inf"))
-        return mask.unsqueeze(1)
+        # token (y, x) lies in region (y // rh, x // rw): gather the key columns (a small [B, R, N]
+        # tensor), then the query rows (whole-row copies); ~5x faster than one broadcast copy
+        cols = bias.view(B * R, R).index_select(1, region).view(B, R, N)
+        if padding is not None:
+            cols.masked_fill_(padding, float("-inf"))
+        return cols.index_select(1, region).unsqueeze(1)
 
     q, k, v = (t.reshape(B, N, heads, -1).transpose(1, 2) for t in (qp, kp, vp))
     # ATen's flash kernel needs D == Dv (SDPA's own dispatch falls back to its math path otherwise)
