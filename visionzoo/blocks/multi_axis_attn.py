@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, resize_rel_pos_bias_table
 
 from ..ops.neighborhood import na2d
+from . import fused_eval
 
 __all__ = ["PartitionAttn2d", "resize_rel_pos_table"]
 
@@ -59,7 +60,7 @@ class PartitionAttn2d(nn.Module):
         hp, wp = -(-H // p) * p, -(-W // p) * p
         if (hp, wp) != (H, W):
             x = F.pad(x, (0, 0, 0, wp - W, 0, hp - H))
-        q, k, v = self.qkv(x).view(B, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
+        q, k, v = fused_eval.linear(self, self.qkv, x).view(B, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
         if self.partition == "block":
             geometry = dict(stride=p)
         else:
@@ -69,7 +70,7 @@ class PartitionAttn2d(nn.Module):
         out = out.reshape(B, hp, wp, C)
         if (hp, wp) != (H, W):
             out = out[:, :H, :W]
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(fused_eval.linear(self, self.proj, out))
 
     def extra_repr(self) -> str:
         return f"{self.partition}, size={self.partition_size}, heads={self.num_heads}, backend={self.backend or 'auto'}"

@@ -13,6 +13,10 @@ Block and grid attention are :class:`~visionzoo.blocks.multi_axis_attn.Partition
 pads to the partition size and masks the padding; the window (7 / 12 / 16 for the 224 / 384 /
 512 variants) is part of the config, and the converter resizes bias tables of another window.
 The trunk runs channels-last, so the NCHW <-> NHWC switches around attention are free views.
+Inference (eval, autograd off, fp32 CPU) runs through :mod:`~visionzoo.blocks.fused_eval`: MBConv's
+pre-norm, 1x1 conv and BN-GELU, and its depthwise conv and BN-GELU, are two oneDNN convolutions with
+the BNs folded and GELU as a post-op; fc1 + GELU and fc2 + residual are single oneDNN GEMMs (ATen's
+tanh-GELU pass alone took a quarter of the forward).
 
 Keys are timm's (``stem.conv1``, ``stages.{i}.blocks.{j}.{conv,attn_block,attn_grid}``,
 ``head.{norm,pre_logits.fc,fc}``); ``create_model(name, checkpoint_path=...)`` takes a timm
@@ -28,9 +32,11 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SEModule, create_conv2d, create_pool2d,
-                         get_norm_act_layer, make_divisible)
+                         get_norm_act_layer, make_divisible, pad_same)
+from timm.layers.conv2d_same import Conv2dSame
 
 from .. import convert
+from ..blocks import fused_eval
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
 from ._base import Backbone, Stage
@@ -98,9 +104,34 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
-        x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
-        x = self.se(self.norm2(self.conv2_kxk(x)))
-        return self.drop_path(self.conv3_1x1(x)) + shortcut
+        if fused_eval.applies(self, x) and self._acts is not None:
+            x = self._fused_convs(x)
+        else:
+            x = self.norm2(self.conv2_kxk(self.norm1(self.conv1_1x1(self.pre_norm(x)))))
+        return self.drop_path(self.conv3_1x1(self.se(x))) + shortcut
+
+    @property
+    def _acts(self):
+        acts = fused_eval.fused_act(self.norm1.act), fused_eval.fused_act(self.norm2.act)
+        return None if None in acts else acts
+
+    def _fused_convs(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: pre-norm + 1x1 + BN-act, then depthwise + BN-act, as two oneDNN convolutions."""
+        act1, act2 = self._acts
+        c1, c2 = self.conv1_1x1, self.conv2_kxk
+        w1, b1 = fused_eval.folded(self, "_fold1", _bn_tensors(self.pre_norm, self.norm1) + (c1.weight,),
+                                   lambda: fused_eval.bn_folded_conv(c1, self.norm1, self.pre_norm))
+        w2, b2 = fused_eval.folded(self, "_fold2", _bn_tensors(self.norm2) + (c2.weight,),
+                                   lambda: fused_eval.bn_folded_conv(c2, self.norm2))
+        x = fused_eval.conv_act(x, w1, b1, c1, act1)
+        padding = None
+        if isinstance(c2, Conv2dSame):  # TF 'SAME' of a strided conv: explicit (asymmetric) zero pad
+            x, padding = pad_same(x, c2.kernel_size, c2.stride, c2.dilation), (0, 0)
+        return fused_eval.conv_act(x, w2, b2, c2, act2, padding)
+
+
+def _bn_tensors(*bns: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
+    return tuple(t for bn in bns for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
 
 
 class PartitionBlock(nn.Module):
@@ -120,6 +151,10 @@ class PartitionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
+        act = fused_eval.fused_act(self.mlp.act)
+        if fused_eval.applies(self, x) and act is not None:  # inference: fc1 + GELU as one oneDNN GEMM
+            h = fused_eval.linear_act(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, act)
+            return fused_eval.linear_add(h, self.mlp.fc2.weight, self.mlp.fc2.bias, x)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 

@@ -1,0 +1,117 @@
+"""The oneDNN inference fast path against the plain modules it replaces."""
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import GELUTanh
+
+import visionzoo
+from visionzoo.blocks import fused_eval
+
+pytestmark = pytest.mark.skipif(not fused_eval._AVAILABLE, reason="torch built without oneDNN's fused pointwise ops")
+
+ACTS = [(nn.GELU(approximate="tanh"), ("gelu", "tanh")), (GELUTanh(), ("gelu", "tanh")),
+        (nn.GELU(), ("gelu", "none")), (nn.Identity(), ("none", ""))]
+
+
+def _bn(c: int, g: torch.Generator) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(c, eps=1e-3)
+    bn.weight.data.uniform_(0.5, 1.5, generator=g)
+    bn.bias.data.normal_(0, 0.2, generator=g)
+    bn.running_mean.normal_(0, 0.3, generator=g)
+    bn.running_var.uniform_(0.3, 2.0, generator=g)
+    return bn.eval()
+
+
+@pytest.mark.parametrize("act,post", ACTS)
+def test_fused_act_of_modules(act, post):
+    assert fused_eval.fused_act(act) == post
+    assert fused_eval.fused_act(nn.ReLU()) is None
+
+
+@pytest.mark.parametrize("act,post", ACTS)
+def test_linear_act_and_add(act, post):
+    fc = nn.Linear(24, 40)
+    x, r = torch.randn(2, 5, 7, 24), torch.randn(2, 5, 7, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_eval.linear_act(x, fc.weight, fc.bias, post), act(fc(x)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fused_eval.linear_add(x, fc.weight, fc.bias, r), r + fc(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups,kernel,stride,pre", [(1, 1, 1, True), (16, 3, 1, False), (16, 3, 2, False)])
+@pytest.mark.parametrize("act,post", ACTS[:3])
+def test_conv_bn_act_folded(groups, kernel, stride, pre, act, post):
+    g = torch.Generator().manual_seed(groups + kernel + stride)
+    conv = nn.Conv2d(16, 16, kernel, stride, kernel // 2, groups=groups, bias=False)
+    pre_bn, bn = (_bn(16, g) if pre else None), _bn(16, g)
+    x = torch.randn(2, 16, 9, 11).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = act(bn(conv(pre_bn(x) if pre else x)))
+        w, b = fused_eval.bn_folded_conv(conv, bn, pre_bn)
+        torch.testing.assert_close(fused_eval.conv_act(x, w, b, conv, post), want, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_cache_follows_in_place_updates():
+    owner, t = nn.Module(), torch.ones(3)
+    calls = []
+
+    def make():
+        calls.append(1)
+        return t * 2
+
+    first = fused_eval.folded(owner, "_x", (t,), make)
+    assert fused_eval.folded(owner, "_x", (t,), make) is first and len(calls) == 1
+    t.add_(1)  # an optimizer step / load_state_dict: the version moves
+    torch.testing.assert_close(fused_eval.folded(owner, "_x", (t,), make), torch.full((3,), 4.0))
+    assert len(calls) == 2
+
+
+def test_applies_only_without_autograd_in_eval():
+    m, x = nn.Linear(2, 2), torch.randn(1, 2)
+    with torch.no_grad():
+        assert not fused_eval.applies(m, x)  # training mode
+        m.eval()
+        assert fused_eval.applies(m, x)
+        assert not fused_eval.applies(m, x.double())
+        assert not fused_eval.applies(m, x.bfloat16())
+        assert not fused_eval.applies(m, "not a tensor")
+    assert not fused_eval.applies(m, x)  # autograd on
+    with torch.inference_mode():
+        assert fused_eval.applies(m, x)
+
+
+def _perturbed_maxvit(**kw):
+    g = torch.Generator().manual_seed(0)
+    model = visionzoo.create_model("maxvit_tiny", num_classes=5, embed_dims=(32, 64), depths=(1, 1),
+                                   stem_width=16, window=4, **kw).eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.load_state_dict(_bn(mod.num_features, g).state_dict())
+    return model
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 50)])
+def test_maxvit_fast_path_equals_plain_path(size, monkeypatch):
+    """Eval under no_grad takes the fused path, eval with autograd on the plain modules."""
+    calls = []
+    for name in ("conv_act", "linear_act", "linear_add"):
+        fn = getattr(fused_eval, name)
+        monkeypatch.setattr(fused_eval, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    model = _perturbed_maxvit()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        fast = model(x)
+    # per MaxViT block: two convolutions, qkv / proj / fc1 (x2 attentions) and fc2 + residual (x2)
+    assert sorted(set(calls)) == ["conv_act", "linear_act", "linear_add"] and len(calls) == 2 * (2 + 6 + 2)
+    calls.clear()
+    with torch.enable_grad():
+        plain = model(x)
+    assert not calls
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    # a weight update reaches the fast path (folded weights are rebuilt)
+    bn = model.stages[0].blocks[0].conv.norm1
+    with torch.no_grad():
+        bn.running_var.mul_(3.0)
+        fast = model(x)
+    with torch.enable_grad():
+        plain = model(x)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)

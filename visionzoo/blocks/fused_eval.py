@@ -1,0 +1,114 @@
+"""Inference fast path: Linear / Conv (+ folded BatchNorm) + activation as one oneDNN call.
+
+On CPU, an eager ``act(bn(conv(x)))`` makes three passes over a large activation, and ATen's
+tanh-GELU alone costs ~3x a memory copy (MaxViT spends about a quarter of its forward there).
+oneDNN applies the activation as a post-op of the GEMM / convolution while the output tile is
+still in cache; an eval-mode BatchNorm is an affine map that folds into the weights. PyTorch ships
+these fused kernels as ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise`` (the ops
+Inductor's CPU fusions emit); this module calls them from eager code.
+
+The fast path applies only when nothing can observe the difference: the module is in eval mode,
+autograd is off (``torch.no_grad`` / ``torch.inference_mode``: these ops have no backward), the
+input is a float32 CPU tensor (not an FX proxy) and oneDNN is built and enabled. Otherwise the
+callers run their plain modules. Results equal the plain path up to float rounding (BN folding
+reassociates; ~1e-6 relative), which the model tests check.
+
+Folded weights are cached on the owning module and rebuilt when any source tensor changes
+(storage or in-place version, e.g. an optimizer step or ``load_state_dict``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import GELUTanh
+from timm.layers import GELU as TimmGELU
+
+from .conv_bn import bn_scale_shift
+
+__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "conv_act", "folded", "bn_folded_conv"]
+
+NO_ACT = ("none", "")
+
+
+def _ops_available() -> bool:
+    try:
+        torch.ops.mkldnn._linear_pointwise.default  # noqa: B018 - lookup raises if not built
+        torch.ops.mkldnn._convolution_pointwise.default  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return torch.backends.mkldnn.is_available()
+
+
+_AVAILABLE = _ops_available()
+
+
+def applies(module: nn.Module, x) -> bool:
+    """The fast path may run: eval mode, no autograd, a float32 CPU tensor, oneDNN enabled."""
+    return (_AVAILABLE and isinstance(x, torch.Tensor) and not module.training and not torch.is_grad_enabled()
+            and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
+            and not torch.jit.is_scripting())
+
+
+def fused_act(act: nn.Module) -> tuple[str, str] | None:
+    """oneDNN post-op ``(attr, algorithm)`` of an activation module, ``None`` if it has none here."""
+    if isinstance(act, nn.Identity):
+        return "none", ""
+    if isinstance(act, GELUTanh) or (isinstance(act, nn.GELU) and act.approximate == "tanh"):
+        return "gelu", "tanh"
+    if isinstance(act, (TimmGELU, nn.GELU)) and getattr(act, "approximate", "none") == "none":
+        return "gelu", "none"
+    return None
+
+
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: tuple[str, str]) -> torch.Tensor:
+    """``act(F.linear(x, weight, bias))`` for any leading dims, as one oneDNN call."""
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, act[0], [], act[1])
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               residual: torch.Tensor) -> torch.Tensor:
+    """``residual + F.linear(x, weight, bias)`` (``residual`` of the output's shape), the sum fused into the GEMM."""
+    y = torch.ops.mkldnn._linear_pointwise.binary(x.reshape(-1, x.shape[-1]), residual.reshape(-1, weight.shape[0]),
+                                                  weight, bias, "add")
+    return y.view(residual.shape)
+
+
+def linear(owner: nn.Module, fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``fc(x)``, through oneDNN's GEMM when the fast path applies to ``owner`` (faster than ATen's
+    addmm at attention shapes)."""
+    if applies(owner, x):
+        return linear_act(x, fc.weight, fc.bias, NO_ACT)
+    return fc(x)
+
+
+def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.Conv2d,
+             act: tuple[str, str], padding=None) -> torch.Tensor:
+    """``act(conv(x))`` with ``conv``'s geometry and the given (folded) weight and bias; ``padding``
+    overrides the conv's own (e.g. 0 after an explicit 'same' pad)."""
+    pad = conv.padding if padding is None else padding
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(pad), list(conv.stride),
+                                                   list(conv.dilation), conv.groups, act[0], [], act[1])
+
+
+def folded(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], make):
+    """``make()`` cached on ``owner`` under ``name`` until a tensor of ``sources`` changes."""
+    key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources)
+    hit = owner.__dict__.get(name)
+    if hit is None or hit[0] != key:
+        hit = owner.__dict__[name] = (key, make())
+    return hit[1]
+
+
+def bn_folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, pre_bn: nn.BatchNorm2d | None = None):
+    """Weight and bias of ``bn(conv(pre_bn(x)))`` as one convolution (``pre_bn`` only before a 1x1
+    unpadded conv, where the input affine map commutes with the zero padding)."""
+    scale, shift = bn_scale_shift(bn)
+    w, b = conv.weight, conv.bias
+    if pre_bn is not None:
+        s0, t0 = bn_scale_shift(pre_bn)
+        b_pre = F.linear(t0, w.flatten(1), b)  # W t0 (+ b)
+        w, b = w * s0.view(1, -1, 1, 1), b_pre
+    b = shift if b is None else b * scale + shift
+    return (w * scale.view(-1, 1, 1, 1)).contiguous(), b.contiguous()
