@@ -1,0 +1,131 @@
+"""The optional C++ CPU attention backward (visionzoo/ops/_cpu) against autograd of explicit attention."""
+import pytest
+import torch
+
+from visionzoo.ops import _cpu
+from visionzoo.ops.neighborhood import na2d
+from visionzoo.ops.neighborhood import cpu as na_cpu
+
+REASON = _cpu.unavailable()
+needs_ext = pytest.mark.skipif(REASON is not None, reason=f"C++ CPU kernels unavailable here: {REASON}")
+
+
+def _problem(n, h, lq, lk, d, dv, mask_kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(n, h, lq, d, generator=g), torch.randn(n, h, lk, d, generator=g)
+    v, dout = torch.randn(n, h, lk, dv, generator=g), torch.randn(n, h, lq, dv, generator=g)
+    mask = None
+    if mask_kind is not None:
+        shape = {"per_head": (1, h, lq, lk), "per_batch": (n, 1, lq, lk), "full": (n, h, lq, lk)}[mask_kind]
+        mask = torch.randn(shape, generator=g)
+        mask.masked_fill_(torch.rand(shape, generator=g) < 0.4, float("-inf"))
+        mask[..., 0] = 0.5  # every query keeps a key
+    return q, k, v, dout, mask
+
+
+def _reference(q, k, v, dout, mask, scale):
+    """Output, log-sum-exp (float32, as the forward gives them) and float64 autograd gradients."""
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    s = scale * q64 @ k64.transpose(-1, -2)
+    if mask is not None:
+        s = s + mask.double()
+    lse = torch.logsumexp(s, -1)
+    out = torch.softmax(s, -1) @ v64
+    out.backward(dout.double())
+    return out.float(), lse.float(), (q64.grad, k64.grad, v64.grad)
+
+
+@needs_ext
+@pytest.mark.parametrize("n,h,lq,lk,d,dv", [(2, 3, 1, 5, 16, 16), (2, 3, 33, 17, 32, 32), (1, 4, 70, 200, 32, 24),
+                                            (3, 2, 64, 196, 32, 32), (1, 1, 97, 13, 8, 40)])
+@pytest.mark.parametrize("mask_kind", [None, "per_head", "per_batch", "full"])
+def test_attn_bwd_matches_autograd(n, h, lq, lk, d, dv, mask_kind):
+    q, k, v, dout, mask = _problem(n, h, lq, lk, d, dv, mask_kind)
+    scale = d ** -0.5
+    out, lse, want = _reference(q, k, v, dout, mask, scale)
+    got = _cpu.attn_bwd(dout, q, k, v, out, lse, mask, scale)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert g.shape == w.shape and g.is_contiguous(), name
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=2e-5, msg=name)
+
+
+@needs_ext
+def test_attn_bwd_takes_strided_inputs():
+    """Flash-style layouts: [N, L, H, D] memory seen as [N, H, L, D]; lse as [N, Lq, H] memory."""
+    q, k, v, dout, mask = _problem(2, 3, 40, 50, 32, 32, "per_head")
+    scale = 0.2
+    out, lse, want = _reference(q, k, v, dout, mask, scale)
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (dout, q, k, v, out)]
+    lse_t = lse.transpose(1, 2).contiguous().transpose(1, 2)
+    got = _cpu.attn_bwd(*strided, lse_t, mask, scale)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=2e-5)
+
+
+@needs_ext
+def test_attn_bwd_rejects_bad_inputs():
+    q, k, v, dout, _ = _problem(1, 2, 8, 9, 16, 16, None)
+    out, lse = torch.zeros_like(dout), torch.zeros(1, 2, 8)
+    with pytest.raises(RuntimeError, match="float32"):
+        _cpu.attn_bwd(dout.double(), q, k, v, out, lse, None, 1.0)
+    with pytest.raises(RuntimeError, match="inconsistent shapes"):
+        _cpu.attn_bwd(dout, q, k[:, :, :5], v, out, lse, None, 1.0)
+
+
+def test_can_run_only_float32_cpu():
+    x = torch.zeros(1)
+    assert not _cpu.can_run(x.double()) and not _cpu.can_run(x.bfloat16())
+    assert _cpu.can_run(x) == (REASON is None)
+
+
+@needs_ext
+@pytest.mark.parametrize("dilation,rpb", [(1, True), (2, False)])
+def test_na2d_cpu_backward_uses_it(monkeypatch, dilation, rpb):
+    """The NA cpu path's fp32 backward runs the kernel, and its gradients equal the reference's."""
+    calls = []
+    real = _cpu.attn_bwd
+    monkeypatch.setattr(na_cpu._cpu, "attn_bwd", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 11, 13, 2, 16, generator=g, requires_grad=True) for _ in range(3))
+    bias = torch.randn(2, 9, 9, generator=g, requires_grad=True) if rpb else None
+    dout = torch.randn(2, 11, 13, 2, 16, generator=g)
+    grads = {}
+    for backend in ("cpu", "reference"):
+        out = na2d(q, k, v, 5, dilation, rpb=bias, backend=backend)
+        params = [q, k, v] + ([bias] if rpb else [])
+        grads[backend] = torch.autograd.grad(out, params, dout)
+    assert calls
+    for a, b in zip(grads["cpu"], grads["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_ext
+def test_scatter_add_rows_matches_index_add():
+    g = torch.Generator().manual_seed(3)
+    B, R, C, G, n, out_rows = 3, 50, 20, 2, 40, 30
+    base = torch.randn(B, R + 7, C, generator=g)
+    src = base[:, 3:3 + R]  # rows C apart, batch stride (R + 7) * C
+    src_rows = torch.randint(0, R, (G, n), generator=g)
+    # group g writes rows of parity g only (disjoint), with repeats inside a group
+    dst_rows = torch.randint(0, out_rows // 2, (G, n), generator=g) * 2 + torch.arange(G).view(-1, 1)
+    want = torch.zeros(B, out_rows, C).index_add_(1, dst_rows.reshape(-1), src[:, src_rows.reshape(-1)])
+    torch.testing.assert_close(_cpu.scatter_add_rows(src, src_rows, dst_rows, out_rows), want)
+    with pytest.raises(RuntimeError, match="out of range"):
+        _cpu.scatter_add_rows(src, src_rows, dst_rows + out_rows, out_rows)
+
+
+@pytest.mark.parametrize("dilation,rpb,dv", [(1, True, 16), (2, False, 16), (1, False, 24)])
+def test_na2d_cpu_backward_without_kernel(monkeypatch, dilation, rpb, dv):
+    """The ATen fallback (no compiler / no AVX-512): flash backward for masked tiles, explicit matmuls for
+    unmasked ones and Dv != D, scatter_add for the halos; float32 gradients equal the reference's."""
+    monkeypatch.setattr(na_cpu._cpu, "can_run", lambda *t: False)
+    g = torch.Generator().manual_seed(2)
+    q, k = (torch.randn(2, 14, 9, 2, 16, generator=g, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 14, 9, 2, dv, generator=g, requires_grad=True)
+    bias = torch.randn(2, 5, 5, generator=g, requires_grad=True) if rpb else None
+    dout = torch.randn(2, 14, 9, 2, dv, generator=g)
+    params = [q, k, v] + ([bias] if rpb else [])
+    got = torch.autograd.grad(na2d(q, k, v, 3, dilation, rpb=bias, backend="cpu"), params, dout)
+    want = torch.autograd.grad(na2d(q, k, v, 3, dilation, rpb=bias, backend="reference"), params, dout)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,102 @@
+"""Optional C++ CPU kernels, compiled on first use (``torch.utils.cpp_extension``, cached in
+``TORCH_EXTENSIONS_DIR``, ~30 s once per machine and torch version).
+
+``attn_bwd``: attention backward over many small float32 problems (the tiles of the neighborhood
+attention CPU path); ``scatter_add_rows``: the sum of overlapping key-halo gradients back into the
+map, in parallel over groups with disjoint output rows (heads). See ``attn_bwd.cpp``.
+
+They need an AVX-512 CPU, a C++ compiler, ninja and a torch built with OpenMP; where any of these
+is missing, or ``VISIONZOO_CPU_EXT=0`` is set, the callers keep ATen's kernels and
+:func:`unavailable` says why.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["attn_bwd", "scatter_add_rows", "can_run", "unavailable"]
+
+_SOURCE = Path(__file__).with_name("attn_bwd.cpp")
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma"]
+_lock = threading.Lock()
+_state: dict = {}
+_log = logging.getLogger(__name__)
+
+
+def _static_reason() -> str | None:
+    if os.environ.get("VISIONZOO_CPU_EXT", "1") == "0":
+        return "disabled by VISIONZOO_CPU_EXT=0"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX512":
+        return f"the CPU kernels need AVX-512 (torch reports {capability})"
+    if not torch.backends.openmp.is_available():
+        return "torch is built without OpenMP"
+    return None
+
+
+def _ensure_ninja() -> None:
+    """torch's builder calls ``ninja`` from PATH; the ``ninja`` wheel (a dependency) puts it beside
+    the interpreter, which is not on PATH when the venv is not activated."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+
+
+def _module():
+    """The compiled module, or ``None`` (the reason is kept for :func:`unavailable`)."""
+    if "module" in _state or "error" in _state:
+        return _state.get("module")
+    with _lock:
+        if "module" in _state or "error" in _state:
+            return _state.get("module")
+        reason = _static_reason()
+        if reason is not None:
+            _state["error"] = reason
+            return None
+        try:
+            from torch.utils.cpp_extension import load
+            _ensure_ninja()
+            _log.info("building visionzoo's CPU attention kernels (once per machine)")
+            _state["module"] = load(name="visionzoo_cpu_attn", sources=[str(_SOURCE)], extra_cflags=_FLAGS,
+                                    extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as e:  # noqa: BLE001 - any build failure means "use ATen's kernels"
+            _state["error"] = f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300]})"
+            warnings.warn(f"visionzoo: C++ CPU kernels unavailable, using ATen's: {_state['error']}", RuntimeWarning,
+                          stacklevel=3)
+        return _state.get("module")
+
+
+def unavailable() -> str | None:
+    """Why the kernels cannot run here (builds them on the first call), ``None`` if they can."""
+    return None if _module() is not None else _state["error"]
+
+
+def can_run(*tensors: torch.Tensor) -> bool:
+    """The kernels take these tensors: float32 on the CPU, and the module is built."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and _module() is not None
+
+
+def attn_bwd(dout, q, k, v, out, lse, mask, scale: float):
+    """``(dq, dk, dv)`` of ``softmax(scale * q k^T + mask) v`` for ``[N, H, L, D]`` problems, from the
+    forward's output and natural-log log-sum-exp ``[N, H, Lq]``. ``mask``: additive, broadcastable to
+    ``[N, H, Lq, Lk]``, or ``None``. Outputs are contiguous."""
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+    return tuple(_state["module"].attn_bwd(dout, q, k, v, out, lse, mask, float(scale)))
+
+
+def scatter_add_rows(src: torch.Tensor, src_rows: torch.Tensor, dst_rows: torch.Tensor, out_rows: int) -> torch.Tensor:
+    """``out[b, dst_rows[g, i]] += src[b, src_rows[g, i]]`` into zeros ``[B, out_rows, C]``; ``src``
+    ``[B, R, C]`` with rows ``C`` apart. Each group ``g`` must write rows no other group writes."""
+    return _state["module"].scatter_add_rows(src, src_rows, dst_rows, int(out_rows))
