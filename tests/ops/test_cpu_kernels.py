@@ -129,22 +129,3 @@ def test_na2d_cpu_backward_without_kernel(monkeypatch, dilation, rpb, dv):
     want = torch.autograd.grad(na2d(q, k, v, 3, dilation, rpb=bias, backend="reference"), params, dout)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-@needs_ext
-@pytest.mark.parametrize("dense_share", [0.0, 2.0], ids=["masked_dense", "gather_sdpa"])
-@pytest.mark.parametrize("size", [(14, 14), (13, 11)])  # divisible, and padded (masked keys)
-def test_bra_cpu_backward_uses_it(monkeypatch, dense_share, size):
-    from visionzoo.ops.routing import bra
-    from visionzoo.ops.routing import cpu as bra_cpu
-    monkeypatch.setattr(bra_cpu, "DENSE_SHARE", dense_share)
-    calls = []
-    real = _cpu.attn_bwd
-    monkeypatch.setattr(bra_cpu._cpu, "attn_bwd", lambda *a: calls.append(1) or real(*a))
-    g = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(2, *size, 2, 16, generator=g, requires_grad=True) for _ in range(3))
-    dout = torch.randn(2, *size, 2, 16, generator=g)
-    grads = {b: torch.autograd.grad(bra(q, k, v, 7, 3, backend=b), (q, k, v), dout) for b in ("cpu", "reference")}
-    assert calls
-    for a, b in zip(grads["cpu"], grads["reference"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

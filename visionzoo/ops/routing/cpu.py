@@ -19,7 +19,6 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .. import _cpu
 from .reference import from_regions, key_valid, to_regions
 
 __all__ = ["bra_cpu", "DENSE_SHARE"]
@@ -43,17 +42,15 @@ def _gather_sdpa(qr, kr, vr, idx, scale, ok):
     if ok is not None:  # padded keys: additive -inf (every routed set keeps a real key)
         keep = ok[idx].reshape(B * R, 1, 1, topk * T)
         mask = torch.zeros(keep.shape, dtype=qr.dtype, device=qr.device).masked_fill(~keep, float("-inf"))
-    out = _attend(_heads_first(qr.reshape(B * R, T, heads, D)), _heads_first(k_sel), _heads_first(v_sel),
-                  lambda: mask, scale)
+    out = F.scaled_dot_product_attention(_heads_first(qr.reshape(B * R, T, heads, D)), _heads_first(k_sel),
+                                         _heads_first(v_sel), attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B, R, T, heads, -1)
 
 
-class _FlashSDPA(torch.autograd.Function):
-    """ATen's CPU flash attention forward; backward through visionzoo's C++ kernel where it runs
-    (float32, AVX-512: 1.4-1.9x faster than ATen's flash backward on the gathered regions' short
-    sequences), else ATen's. The additive mask is rebuilt for the backward by ``make_mask`` instead of
-    being kept alive from forward to backward: at BiFormer's stage 3 the ``[B, 1, N, N]`` token mask is
-    the largest tensor autograd would otherwise hold per block."""
+class _RebuiltMaskSDPA(torch.autograd.Function):
+    """ATen's CPU flash attention whose ``[B, 1, N, N]`` mask is rebuilt for the backward from the
+    routing (``make_mask``) instead of being kept alive from forward to backward: at BiFormer's
+    stage 3 it is the largest tensor autograd would otherwise hold per block."""
 
     @staticmethod
     def forward(ctx, q, k, v, make_mask, scale):
@@ -66,22 +63,9 @@ class _FlashSDPA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        mask = ctx.make_mask()
-        if _cpu.can_run(q, k, v, out, dout):
-            dq, dk, dv = _cpu.attn_bwd(dout if dout.stride(-1) == 1 else dout.contiguous(), q, k, v, out, lse, mask,
-                                       ctx.scale)
-        else:
-            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                dout, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=ctx.scale)
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, k, v, out, lse, 0.0, False, attn_mask=ctx.make_mask(), scale=ctx.scale)
         return dq, dk, dv, None, None
-
-
-def _attend(q, k, v, make_mask, scale):
-    """``softmax(q k^T * scale + make_mask()) v`` on ``[N, heads, L, D]``: :class:`_FlashSDPA` when
-    autograd needs it (ATen's flash kernels take D == Dv only), else SDPA."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)) and q.shape[-1] == v.shape[-1]:
-        return _FlashSDPA.apply(q, k, v, make_mask, scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=make_mask(), scale=scale)
 
 
 @functools.lru_cache(maxsize=64)
@@ -114,7 +98,11 @@ def _masked_dense(qp, kp, vp, idx, n_win, scale, valid):
         return cols.index_select(1, region).unsqueeze(1)
 
     q, k, v = (t.reshape(B, N, heads, -1).transpose(1, 2) for t in (qp, kp, vp))
-    out = _attend(q, k, v, make_mask, scale)
+    # ATen's flash kernel needs D == Dv (SDPA's own dispatch falls back to its math path otherwise)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)) and q.shape[-1] == v.shape[-1]:
+        out = _RebuiltMaskSDPA.apply(q, k, v, make_mask, scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=make_mask(), scale=scale)
     return out.transpose(1, 2).reshape(B, hp, wp, heads, -1)
 
 
