@@ -16,10 +16,15 @@ def _problem(n, h, lq, lk, d, dv, mask_kind, seed=0):
     v, dout = torch.randn(n, h, lk, dv, generator=g), torch.randn(n, h, lq, dv, generator=g)
     mask = None
     if mask_kind is not None:
-        shape = {"per_head": (1, h, lq, lk), "per_batch": (n, 1, lq, lk), "full": (n, h, lq, lk)}[mask_kind]
+        shape = {"per_head": (1, h, lq, lk), "per_batch": (n, 1, lq, lk), "full": (n, h, lq, lk),
+                 "band": (1, h, lq, lk)}[mask_kind]
         mask = torch.randn(shape, generator=g)
-        mask.masked_fill_(torch.rand(shape, generator=g) < 0.4, float("-inf"))
-        mask[..., 0] = 0.5  # every query keeps a key
+        if mask_kind == "band":  # query i sees keys near i * lk / lq: whole query blocks skip most keys
+            centre = torch.arange(lq).view(-1, 1) * lk // lq
+            mask.masked_fill_((torch.arange(lk) - centre).abs() > 3, float("-inf"))
+        else:
+            mask.masked_fill_(torch.rand(shape, generator=g) < 0.4, float("-inf"))
+            mask[..., 0] = 0.5  # every query keeps a key
     return q, k, v, dout, mask
 
 
@@ -38,12 +43,13 @@ def _reference(q, k, v, dout, mask, scale):
 @needs_ext
 @pytest.mark.parametrize("n,h,lq,lk,d,dv", [(2, 3, 1, 5, 16, 16), (2, 3, 33, 17, 32, 32), (1, 4, 70, 200, 32, 24),
                                             (3, 2, 64, 196, 32, 32), (1, 1, 97, 13, 8, 40)])
-@pytest.mark.parametrize("mask_kind", [None, "per_head", "per_batch", "full"])
-def test_attn_bwd_matches_autograd(n, h, lq, lk, d, dv, mask_kind):
+@pytest.mark.parametrize("mask_kind", [None, "per_head", "per_batch", "full", "band"])
+@pytest.mark.parametrize("block", [64, 5])
+def test_attn_bwd_matches_autograd(n, h, lq, lk, d, dv, mask_kind, block):
     q, k, v, dout, mask = _problem(n, h, lq, lk, d, dv, mask_kind)
     scale = d ** -0.5
     out, lse, want = _reference(q, k, v, dout, mask, scale)
-    got = _cpu.attn_bwd(dout, q, k, v, out, lse, mask, scale)
+    got = _cpu.attn_bwd(dout, q, k, v, out, lse, mask, scale, block=block)
     for name, g, w in zip(("dq", "dk", "dv"), got, want):
         assert g.shape == w.shape and g.is_contiguous(), name
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=2e-5, msg=name)
@@ -63,6 +69,46 @@ def test_attn_bwd_takes_strided_inputs():
 
 
 @needs_ext
+@pytest.mark.parametrize("kv", ["tiles", "written", "summed"])
+def test_attn_bwd_row_maps(kv):
+    """dout read from and dq / dk / dv written to token maps through per-slot rows: problem u uses map
+    u // P and rows[u % P]; -1 query slots (duplicates) read a zero gradient and write nothing. Key rows
+    are either a permutation (written) or overlap inside runs of kv_group problems (summed)."""
+    n_maps, p, lq, lk, d, dv = 2, 3, 12, 12, 16, 24
+    q, k, v, _, mask = _problem(n_maps, p, lq, lk, d, dv, "band", seed=4)
+    g = torch.Generator().manual_seed(5)
+    rows = p * lq  # each map row is one query slot's
+    q_rows = torch.randperm(rows, generator=g).view(p, lq)
+    if kv == "summed":  # key slots share rows within and across the 3 problems of a map (one run)
+        kv_rows = torch.randint(0, rows, (p, lk), generator=g)
+    else:
+        kv_rows = torch.randperm(rows, generator=g).view(p, lk)
+    q_rows_dup = torch.cat([q_rows, torch.full((p, 2), -1)], 1)  # two duplicate slots per problem
+    q = torch.cat([q, q[:, :, :2]], 2)
+    mask = torch.cat([mask, mask[:, :, :2]], 2)
+    dout_map = torch.randn(n_maps, rows, dv, generator=g)
+    dout = dout_map[:, q_rows_dup.clamp(min=0)] * (q_rows_dup >= 0)[..., None]  # [N, P, Lq + 2, Dv]
+    out, lse, (dq, dk, dv_) = _reference(q, k, v, dout, mask, 0.25)
+    got = _cpu.attn_bwd(dout_map, q, k, v, out, lse, mask, 0.25, block=5, q_rows=q_rows_dup,
+                        kv_rows=None if kv == "tiles" else kv_rows, map_rows=rows, kv_group=p if kv == "summed" else 0)
+    want_dq = torch.empty(n_maps, rows, d, dtype=torch.float64)
+    want_dq[:, q_rows.reshape(-1)] = dq[:, :, :lq].reshape(n_maps, -1, d)
+    torch.testing.assert_close(got[0].double(), want_dq, rtol=1e-4, atol=2e-5)
+    for name, gk, wk in (("dk", got[1], dk), ("dv", got[2], dv_)):
+        if kv != "tiles":
+            wk = torch.zeros(n_maps, rows, wk.shape[-1], dtype=torch.float64).index_add_(
+                1, kv_rows.reshape(-1), wk.reshape(n_maps, rows, -1))
+        torch.testing.assert_close(gk.double(), wk, rtol=1e-4, atol=2e-5, msg=name)
+    with pytest.raises(RuntimeError, match="q_rows must hold rows"):
+        _cpu.attn_bwd(dout_map, q, k, v, out, lse, mask, 0.25, q_rows=q_rows_dup + rows, map_rows=rows)
+    with pytest.raises(RuntimeError, match="kv_rows needs q_rows"):
+        _cpu.attn_bwd(dout, q, k, v, out, lse, mask, 0.25, kv_rows=kv_rows, map_rows=rows)
+    with pytest.raises(RuntimeError, match="kv_group must be 0"):
+        _cpu.attn_bwd(dout_map, q, k, v, out, lse, mask, 0.25, q_rows=q_rows_dup, kv_rows=kv_rows, map_rows=rows,
+                      kv_group=4)
+
+
+@needs_ext
 def test_attn_bwd_rejects_bad_inputs():
     q, k, v, dout, _ = _problem(1, 2, 8, 9, 16, 16, None)
     out, lse = torch.zeros_like(dout), torch.zeros(1, 2, 8)
@@ -79,16 +125,24 @@ def test_can_run_only_float32_cpu():
 
 
 @needs_ext
-@pytest.mark.parametrize("dilation,rpb", [(1, True), (2, False)])
-def test_na2d_cpu_backward_uses_it(monkeypatch, dilation, rpb):
-    """The NA cpu path's fp32 backward runs the kernel, and its gradients equal the reference's."""
+@pytest.mark.parametrize("size,dilation,rpb,plan", [((11, 13), 1, True, "identity"), ((10, 10), 2, False, "cells"),
+                                                   ((11, 13), 2, False, "gathered"), ((33, 29), 1, True, "gathered"),
+                                                   ((31, 27), 3, False, "gathered")])
+@pytest.mark.parametrize("runs_per_thread", [0, 10 ** 6])
+def test_na2d_cpu_backward_uses_it(monkeypatch, size, dilation, rpb, plan, runs_per_thread):
+    """The NA cpu path's fp32 backward runs the kernel on every plan (whole map, partitions, gathered
+    tiles with overlapping halos and duplicate query slots, summed in the kernel or scattered after),
+    and its gradients equal the reference's."""
+    monkeypatch.setattr(na_cpu, "_RUNS_PER_THREAD", runs_per_thread)
     calls = []
     real = _cpu.attn_bwd
-    monkeypatch.setattr(na_cpu._cpu, "attn_bwd", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(na_cpu._cpu, "attn_bwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(2, 11, 13, 2, 16, generator=g, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(2, *size, 2, 16, generator=g, requires_grad=True) for _ in range(3))
     bias = torch.randn(2, 9, 9, generator=g, requires_grad=True) if rpb else None
-    dout = torch.randn(2, 11, 13, 2, 16, generator=g)
+    dout = torch.randn(2, *size, 2, 16, generator=g)
+    p = na_cpu._plan_for(*size, 2, (5, 5), (dilation,) * 2, (1, 1), q.device, q.dtype, None)
+    assert ("identity" if p.identity else "cells" if p.cells is not None else "gathered") == plan
     grads = {}
     for backend in ("cpu", "reference"):
         out = na2d(q, k, v, 5, dilation, rpb=bias, backend=backend)

@@ -2,7 +2,8 @@
 ``TORCH_EXTENSIONS_DIR``, ~30 s once per machine and torch version).
 
 ``attn_bwd``: attention backward over many small float32 problems (the tiles of the neighborhood
-attention CPU path); ``scatter_add_rows``: the sum of overlapping key-halo gradients back into the
+attention CPU path), skipping keys a whole query block cannot see and reading / writing token maps
+through per-slot rows; ``scatter_add_rows``: the sum of overlapping key-halo gradients back into the
 map, in parallel over groups with disjoint output rows (heads). See ``attn_bwd.cpp``.
 
 They need an AVX-512 CPU, a C++ compiler, ninja and a torch built with OpenMP; where any of these
@@ -80,23 +81,43 @@ def unavailable() -> str | None:
     return None if _module() is not None else _state["error"]
 
 
+def _built():
+    module = _module()
+    if module is None:
+        raise RuntimeError(f"visionzoo's C++ CPU kernels are unavailable: {_state['error']}")
+    return module
+
+
 def can_run(*tensors: torch.Tensor) -> bool:
     """The kernels take these tensors: float32 on the CPU, and the module is built."""
     return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and _module() is not None
 
 
-def attn_bwd(dout, q, k, v, out, lse, mask, scale: float):
+def attn_bwd(dout, q, k, v, out, lse, mask, scale: float, block: int = 64, q_rows=None, kv_rows=None,
+             map_rows: int = 0, kv_group: int = 0):
     """``(dq, dk, dv)`` of ``softmax(scale * q k^T + mask) v`` for ``[N, H, L, D]`` problems, from the
     forward's output and natural-log log-sum-exp ``[N, H, Lq]``. ``mask``: additive, broadcastable to
-    ``[N, H, Lq, Lk]``, or ``None``. Outputs are contiguous."""
+    ``[N, H, Lq, Lk]``, or ``None``; ``block``: query rows per block (keys the mask hides from a whole
+    block are skipped). Outputs are contiguous ``[N, H, L, C]``, unless:
+
+    * ``q_rows`` (int64 ``[P, Lq]``, ``P`` dividing ``N * H``): ``dout`` is a token map ``[M, map_rows, Dv]``
+      (``M = N * H / P``) whose row ``q_rows[u % P, i]`` is the gradient of slot ``i`` of problem ``u``
+      (``-1``: zero), and ``dq`` is returned as a map ``[M, map_rows, D]`` written through the same rows;
+      every map row must belong to exactly one slot.
+    * ``kv_rows`` (int64 ``[P, Lk]``, needs ``q_rows``): ``dk`` / ``dv`` are maps too, written through
+      these rows; every map row must belong to exactly one key slot (disjoint halos), unless
+      ``kv_group > 0``: then slots may share rows (overlapping halos) and their gradients are summed;
+      problems that share rows must lie in one run of ``kv_group`` consecutive problems (one thread
+      runs each run in order, so parallelism is ``N * H / kv_group`` runs)."""
     if mask is not None:
         mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         if mask.stride(-1) != 1:
             mask = mask.contiguous()
-    return tuple(_state["module"].attn_bwd(dout, q, k, v, out, lse, mask, float(scale)))
+    return tuple(_built().attn_bwd(dout, q, k, v, out, lse, mask, float(scale), int(block), q_rows,
+                                           kv_rows, int(map_rows), int(kv_group)))
 
 
 def scatter_add_rows(src: torch.Tensor, src_rows: torch.Tensor, dst_rows: torch.Tensor, out_rows: int) -> torch.Tensor:
     """``out[b, dst_rows[g, i]] += src[b, src_rows[g, i]]`` into zeros ``[B, out_rows, C]``; ``src``
     ``[B, R, C]`` with rows ``C`` apart. Each group ``g`` must write rows no other group writes."""
-    return _state["module"].scatter_add_rows(src, src_rows, dst_rows, int(out_rows))
+    return _built().scatter_add_rows(src, src_rows, dst_rows, int(out_rows))

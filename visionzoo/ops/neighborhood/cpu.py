@@ -35,14 +35,17 @@ hundred tokens.
 
 Autograd: one ``autograd.Function`` saves the gathered tiles, the tile output and the
 log-sum-exp (re-gathering them cost about a third of the backward). float32 tiles go through
-visionzoo's C++ kernel (:mod:`visionzoo.ops._cpu`, AVX-512, built on first use): one OpenMP task
-per (batch, head, tile) recomputes P from the log-sum-exp and runs the five GEMMs on whole
-64-row query blocks, writing dK / dV without a zero fill; the overlapping halo gradients are then
-summed into the map by a scatter-add parallel over heads. Against ATen's flash backward (2.2-3x its
-forward at these tile shapes) it is 1.4-1.9x faster at DiNAT stage-1 shapes and equal on 196 x 196
-maps. Without the kernel (another CPU, no compiler, other dtypes): the flash backward for masked
-tiles, and for unmasked tiles (partitions) and ``Dv != D`` an explicit-matmul backward in chunks of
-at most 32 MiB of logits, with ``scatter_add`` for the halos.
+visionzoo's C++ kernel (:mod:`visionzoo.ops._cpu`, AVX-512, built on first use): problems are handed
+to threads one at a time; each recomputes P from the log-sum-exp and runs the five GEMMs on 32-row
+query blocks, restricted to the keys the mask lets the block see (a whole-map 196 x 196 problem at
+kernel 7 touches about 60 % of them). It reads the output gradient from the map and writes dQ into it
+through each slot's map row (no tile gather / untile copies), and dK / dV likewise: written for
+disjoint halos (whole map, partitions), summed for overlapping ones by runs of one (batch, head)'s
+tiles per thread (no atomics; with fewer than 4 runs per thread, a head-parallel scatter-add after
+the kernel). Against ATen's flash backward plus its copies this roughly halves the backward; fwd+bwd
+is 2.0-2.7x the forward at DiNAT-tiny shapes. Without the kernel (another CPU, no compiler, other
+dtypes): the flash backward for masked tiles, and for unmasked tiles (partitions) and ``Dv != D`` an
+explicit-matmul backward in chunks of at most 32 MiB of logits, with ``scatter_add`` for the halos.
 ``d rpb`` (the flash kernel gives none for the mask) comes from explicit logits: ``dS`` summed
 over the batch and scattered into ``rpb``.
 
@@ -66,6 +69,12 @@ __all__ = ["na2d_cpu"]
 _TILE_OVERHEAD = 4000
 _QBLOCK_PAD = 32
 _ROW_COST = 12
+#: the C++ backward sums overlapping halo gradients in the kernel when there are this many (batch, head)
+#: runs per thread (balance); below, a separate scatter-add
+_RUNS_PER_THREAD = 4
+#: query rows per block of the C++ backward: masked tiles skip the keys a whole block cannot see, which
+#: pays for smaller blocks (32 measured best of 16-64 at DiNAT-tiny shapes); unmasked ones take larger
+_MASKED_QBLOCK, _QBLOCK = 32, 64
 _flash_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
@@ -155,6 +164,7 @@ class _Plan:
     #: stride == kernel, grid attention with groups of exactly ``kernel``): per axis ``(T, t, d)``
     #: (tiles per group, tile length, dilation), so tiles are a permuted view and need no index
     cells: tuple[int, ...] | None
+    width: int  # W of the map
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def rows(self, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,6 +184,20 @@ class _Plan:
             y, xx = self.q_yx if kind == "q" else self.k_yx
             hd = torch.arange(self.heads, device=y.device).view(-1, 1) * sd
             idx = self.cache.setdefault(key, (hd + (y * sh + xx * sw)).reshape(-1))
+        return idx
+
+    def slot_rows(self, kind: str) -> torch.Tensor:
+        """``[heads * X, L]`` row of every query (``"q"``) or halo (``"k"``) slot in a contiguous
+        ``[H, W, heads]`` token map (``H * W * heads`` rows); query slots that repeat a token's canonical
+        slot get ``-1``."""
+        key = ("slots", kind)
+        idx = self.cache.get(key)
+        if idx is None:
+            heads = self.heads
+            idx = self.row_index(kind, self.width * heads, heads, 1)
+            if kind == "q" and self.dup is not None:
+                idx = idx.clone().index_fill_(0, self.dup, -1)
+            idx = self.cache.setdefault(key, idx.view(heads * self.tiles, -1))
         return idx
 
 
@@ -219,7 +243,7 @@ def _plan(h, w, heads, kernel, dilation, stride, tile, device, dtype, valid=None
         cells = (th, lqh, min(dilation[0], h), tw, lqw, min(dilation[1], w))
     dev = functools.partial(torch.Tensor.to, device=device)
     return _Plan(tuple(map(dev, q_yx)), tuple(map(dev, k_yx)), dev(out_slot), dup, mask, dev(rel),
-                 heads, tiles, lq, lk, identity, cells)
+                 heads, tiles, lq, lk, identity, cells, w)
 
 
 def _is_partition(a: _Axis, n: int, dilation: int) -> bool:
@@ -342,26 +366,55 @@ class _NA2dTiled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         rpb, qt, kt, vt, out_t, lse = ctx.saved_tensors
-        plan, scale = ctx.plan, ctx.scale
-        dout_t = _tiles(_aligned(dout), "q", plan)
-        if plan.dup is not None:  # a token's gradient enters through its canonical slot only
-            dout_t.view(dout_t.shape[0], -1, dout_t.shape[-1]).index_fill_(1, plan.dup, 0)
-        rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+        plan, scale, shapes = ctx.plan, ctx.scale, ctx.shapes
         mask = plan.mask if rpb is None else _bias(plan, rpb.detach())
-        (dout_t,) = _sdpa_shape((dout_t,), plan, mask is None or rpb is not None)
-        if _cpu.can_run(qt, kt, vt, dout_t, out_t):  # our C++ kernel: whole-tile GEMMs, no zero fill
-            dq, dk, dv = _cpu.attn_bwd(dout_t, qt, kt, vt, out_t, lse, mask, scale)
-        elif qt.shape[-1] == vt.shape[-1] and mask is not None:
-            dq, dk, dv = _flash_bwd(dout_t, qt, kt, vt, out_t, lse, 0.0, False, attn_mask=mask, scale=scale)
-        else:  # no flash kernel for Dv != D; unmasked tiles (partitions): explicit matmuls are faster
-            dq, dk, dv = _chunked(_math_backward, (qt, kt, vt, out_t, dout_t, lse), (mask, scale))
+        rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+        kernel = _cpu.can_run(qt, kt, vt, out_t, dout)
+        dout_t = None
+        if rpb_grad or not kernel:
+            dout_t = _tiles(_aligned(dout), "q", plan)
+            if plan.dup is not None:  # a token's gradient enters through its canonical slot only
+                dout_t.view(dout_t.shape[0], -1, dout_t.shape[-1]).index_fill_(1, plan.dup, 0)
+            (dout_t,) = _sdpa_shape((dout_t,), plan, mask is None or rpb is not None)
+        if kernel:
+            dq, dk, dv = _kernel_backward(dout, qt, kt, vt, out_t, lse, mask, scale, plan, shapes)
+        else:
+            dq, dk, dv = _aten_backward(dout_t, qt, kt, vt, out_t, lse, mask, scale, plan, shapes)
         drpb = _rpb_grad(plan, rpb.detach(), qt, kt, vt, out_t, dout_t, lse, scale) if rpb_grad else None
-        # a duplicate query slot got zero output gradient, so its dq is zero: dq is a plain gather
-        q_shape, k_shape, v_shape = ctx.shapes
-        dq = _untile(dq, plan, q_shape) if ctx.needs_input_grad[0] else None
-        dk = _scatter_keys(dk, plan, k_shape) if ctx.needs_input_grad[1] else None
-        dv = _scatter_keys(dv, plan, v_shape) if ctx.needs_input_grad[2] else None
-        return dq, dk, dv, drpb, None, None
+        needs = ctx.needs_input_grad
+        return dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None, drpb, None, None
+
+
+def _kernel_backward(dout, qt, kt, vt, out_t, lse, mask, scale, plan: _Plan, shapes):
+    """visionzoo's C++ kernel (whole-tile GEMMs, no zero fill). It reads ``dout`` and writes ``dq`` in the
+    token map through each slot's row, and ``dk`` / ``dv`` too: written when the halos are disjoint (whole
+    map, partitions), summed otherwise, by runs of one (batch, head)'s tiles (one thread each, so no
+    atomics) when there are enough of them to keep the threads busy; else the halos are summed into the
+    map afterwards by a head-parallel scatter-add."""
+    q_shape, k_shape, v_shape = shapes
+    b, h, w, heads = q_shape[:4]
+    rows = h * w * heads
+    disjoint = plan.identity or plan.cells is not None
+    summed = not disjoint and b * heads >= _RUNS_PER_THREAD * torch.get_num_threads()
+    dq, dk, dv = _cpu.attn_bwd(dout.contiguous().view(b, rows, -1), qt, kt, vt, out_t, lse, mask, scale,
+                               q_rows=plan.slot_rows("q"), kv_rows=plan.slot_rows("k") if disjoint or summed else None,
+                               map_rows=rows, kv_group=plan.tiles if summed else 0,
+                               block=_MASKED_QBLOCK if mask is not None else _QBLOCK)
+    if disjoint or summed:
+        return dq.view(q_shape), dk.view(k_shape), dv.view(v_shape)
+    return dq.view(q_shape), _scatter_keys(dk, plan, k_shape), _scatter_keys(dv, plan, v_shape)
+
+
+def _aten_backward(dout_t, qt, kt, vt, out_t, lse, mask, scale, plan: _Plan, shapes):
+    """ATen's flash backward for masked tiles; for unmasked tiles (partitions) and ``Dv != D`` (which
+    flash does not take) explicit matmuls, faster there. Gradients back to the map."""
+    if qt.shape[-1] == vt.shape[-1] and mask is not None:
+        dq, dk, dv = _flash_bwd(dout_t, qt, kt, vt, out_t, lse, 0.0, False, attn_mask=mask, scale=scale)
+    else:
+        dq, dk, dv = _chunked(_math_backward, (qt, kt, vt, out_t, dout_t, lse), (mask, scale))
+    # a duplicate query slot got zero output gradient, so its dq is zero: dq is a plain gather
+    q_shape, k_shape, v_shape = shapes
+    return _untile(dq, plan, q_shape), _scatter_keys(dk, plan, k_shape), _scatter_keys(dv, plan, v_shape)
 
 
 def _math_attend(q, k, v, mask, scale):
