@@ -6,6 +6,7 @@ from timm.layers import GELUTanh
 
 import visionzoo
 from visionzoo.blocks import fused_eval
+from visionzoo.blocks.conv_bn import bn_folded_conv
 
 pytestmark = pytest.mark.skipif(not fused_eval._AVAILABLE, reason="torch built without oneDNN's fused pointwise ops")
 
@@ -46,7 +47,7 @@ def test_conv_bn_act_folded(groups, kernel, stride, pre, act, post):
     x = torch.randn(2, 16, 9, 11).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         want = act(bn(conv(pre_bn(x) if pre else x)))
-        w, b = fused_eval.bn_folded_conv(conv, bn, pre_bn)
+        w, b = bn_folded_conv(conv, bn, pre_bn)
         torch.testing.assert_close(fused_eval.conv_act(x, w, b, conv, post), want, rtol=1e-5, atol=1e-5)
 
 

@@ -2,9 +2,10 @@
 
 ``ConvBN`` is a bias-free ``Conv2d`` followed by ``BatchNorm2d`` (keys ``c.*``, ``bn.*``, the layout
 of the official SHViT / EfficientViT code and of timm). In eval mode it runs as one convolution
-with the BN folded in on the fly (weights unchanged, same result up to rounding). ``fuse()`` returns the single ``Conv2d``
-with the BN folded in; ``ResidualBN`` additionally folds its identity shortcut into a depthwise
-3x3 ``ConvBN`` (centre tap + 1), and :func:`fuse_modules` applies every ``fuse()`` of a model in place.
+with the BN folded in on the fly (weights unchanged, same result up to rounding; :func:`bn_folded_conv`,
+also used by the fused inference paths). ``fuse()`` returns the single ``Conv2d`` with the BN folded
+in; ``ResidualBN`` additionally folds its identity shortcut into a depthwise 3x3 ``ConvBN`` (centre
+tap + 1), and :func:`fuse_modules` applies every ``fuse()`` of a model in place.
 Folding is exact in real arithmetic; in float32 outputs move by rounding only (~1e-6 relative).
 """
 from __future__ import annotations
@@ -13,13 +14,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ConvBN", "ResidualBN", "bn_scale_shift", "fuse_modules"]
+__all__ = ["ConvBN", "ResidualBN", "bn_folded_conv", "bn_scale_shift", "fuse_modules"]
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` in eval mode."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale
+
+
+def bn_folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, pre_bn: nn.BatchNorm2d | None = None):
+    """Weight and bias of ``bn(conv(pre_bn(x)))`` as one convolution (``pre_bn`` only before a 1x1
+    unpadded conv, where the input affine map commutes with the zero padding)."""
+    scale, shift = bn_scale_shift(bn)
+    w, b = conv.weight, conv.bias
+    if pre_bn is not None:
+        s0, t0 = bn_scale_shift(pre_bn)
+        b_pre = F.linear(t0, w.flatten(1), b)  # W t0 (+ b)
+        w, b = w * s0.view(1, -1, 1, 1), b_pre
+    b = shift if b is None else b * scale + shift
+    return (w * scale.view(-1, 1, 1, 1)).contiguous(), b.contiguous()
 
 
 class ConvBN(nn.Sequential):
@@ -40,17 +54,16 @@ class ConvBN(nn.Sequential):
             return self.bn(self.c(x))
         # eval: the BN folded into the conv on the fly, one pass over the activations instead of two
         c = self.c
-        scale, shift = bn_scale_shift(self.bn)
-        return F.conv2d(x, c.weight * scale.view(-1, 1, 1, 1), shift, c.stride, c.padding, c.dilation, c.groups)
+        return F.conv2d(x, *bn_folded_conv(c, self.bn), c.stride, c.padding, c.dilation, c.groups)
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
         c = self.c
-        scale, shift = bn_scale_shift(self.bn)
+        weight, bias = bn_folded_conv(c, self.bn)
         conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups,
                          bias=True, device=c.weight.device, dtype=c.weight.dtype)
-        conv.weight.copy_(c.weight * scale.view(-1, 1, 1, 1))
-        conv.bias.copy_(shift)
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
         return conv
 
 

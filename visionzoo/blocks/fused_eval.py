@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import GELUTanh
 from timm.layers import GELU as TimmGELU
 
-from .conv_bn import bn_scale_shift
 
-__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "conv_act", "folded", "bn_folded_conv"]
+__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "conv_act", "folded"]
 
 NO_ACT = ("none", "")
 
@@ -101,14 +99,3 @@ def folded(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], make)
     return hit[1]
 
 
-def bn_folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, pre_bn: nn.BatchNorm2d | None = None):
-    """Weight and bias of ``bn(conv(pre_bn(x)))`` as one convolution (``pre_bn`` only before a 1x1
-    unpadded conv, where the input affine map commutes with the zero padding)."""
-    scale, shift = bn_scale_shift(bn)
-    w, b = conv.weight, conv.bias
-    if pre_bn is not None:
-        s0, t0 = bn_scale_shift(pre_bn)
-        b_pre = F.linear(t0, w.flatten(1), b)  # W t0 (+ b)
-        w, b = w * s0.view(1, -1, 1, 1), b_pre
-    b = shift if b is None else b * scale + shift
-    return (w * scale.view(-1, 1, 1, 1)).contiguous(), b.contiguous()

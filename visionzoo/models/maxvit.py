@@ -37,6 +37,7 @@ from timm.layers.conv2d_same import Conv2dSame
 
 from .. import convert
 from ..blocks import fused_eval
+from ..blocks.conv_bn import bn_folded_conv
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
 from ._base import Backbone, Stage
@@ -104,8 +105,9 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
-        if fused_eval.applies(self, x) and self._acts is not None:
-            x = self._fused_convs(x)
+        acts = self._acts if fused_eval.applies(self, x) else None
+        if acts is not None:
+            x = self._fused_convs(x, acts)
         else:
             x = self.norm2(self.conv2_kxk(self.norm1(self.conv1_1x1(self.pre_norm(x)))))
         return self.drop_path(self.conv3_1x1(self.se(x))) + shortcut
@@ -115,14 +117,14 @@ class MBConv(nn.Module):
         acts = fused_eval.fused_act(self.norm1.act), fused_eval.fused_act(self.norm2.act)
         return None if None in acts else acts
 
-    def _fused_convs(self, x: torch.Tensor) -> torch.Tensor:
+    def _fused_convs(self, x: torch.Tensor, acts: tuple) -> torch.Tensor:
         """Inference: pre-norm + 1x1 + BN-act, then depthwise + BN-act, as two oneDNN convolutions."""
-        act1, act2 = self._acts
+        act1, act2 = acts
         c1, c2 = self.conv1_1x1, self.conv2_kxk
         w1, b1 = fused_eval.folded(self, "_fold1", _bn_tensors(self.pre_norm, self.norm1) + (c1.weight,),
-                                   lambda: fused_eval.bn_folded_conv(c1, self.norm1, self.pre_norm))
+                                   lambda: bn_folded_conv(c1, self.norm1, self.pre_norm))
         w2, b2 = fused_eval.folded(self, "_fold2", _bn_tensors(self.norm2) + (c2.weight,),
-                                   lambda: fused_eval.bn_folded_conv(c2, self.norm2))
+                                   lambda: bn_folded_conv(c2, self.norm2))
         x = fused_eval.conv_act(x, w1, b1, c1, act1)
         padding = None
         if isinstance(c2, Conv2dSame):  # TF 'SAME' of a strided conv: explicit (asymmetric) zero pad
