@@ -116,3 +116,70 @@ def test_maxvit_fast_path_equals_plain_path(size, monkeypatch):
     with torch.enable_grad():
         plain = model(x)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), nn.GELU(approximate="tanh")])
+@pytest.mark.parametrize("with_gamma", [False, True])
+def test_mlp_add_equals_residual_mlp(act, with_gamma):
+    """``residual + gamma * mlp(x)`` with the layer scale folded into fc2, cached until gamma changes."""
+    from timm.layers import Mlp
+    g = torch.Generator().manual_seed(4)
+    owner, mlp = nn.Module().eval(), Mlp(24, 40, act_layer=type(act)).eval()
+    mlp.act = act
+    x, res = torch.randn(2, 5, 7, 24, generator=g), torch.randn(2, 5, 7, 24, generator=g)
+    gamma = torch.rand(24, generator=g) if with_gamma else None
+    with torch.no_grad():
+        assert fused_eval.mlp_applies(owner, mlp, x)
+        want = res + (gamma if with_gamma else 1) * mlp(x)
+        torch.testing.assert_close(fused_eval.mlp_add(owner, mlp, x, res, gamma), want, rtol=1e-5, atol=1e-5)
+        if with_gamma:
+            gamma.mul_(2)  # e.g. load_state_dict in place: the folded fc2 is rebuilt
+            torch.testing.assert_close(fused_eval.mlp_add(owner, mlp, x, res, gamma), res + gamma * mlp(x),
+                                       rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        mlp.act = nn.SiLU()  # no oneDNN post-op here: the callers keep the plain modules
+        assert not fused_eval.mlp_applies(owner, mlp, x)
+    assert not fused_eval.mlp_applies(owner, Mlp(24, 40).eval(), x)  # autograd on
+
+
+@pytest.mark.parametrize("layer_scale", [None, 0.5])
+def test_nat_fast_path_equals_plain_path(layer_scale, monkeypatch):
+    """NAT/DiNAT inference: qkv / proj through oneDNN's GEMM, the MLP as two fused GEMMs (layer scale
+    folded); autograd on keeps the plain modules; same outputs."""
+    calls = []
+    for name in ("linear_act", "linear_add"):
+        fn = getattr(fused_eval, name)
+        monkeypatch.setattr(fused_eval, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    model = visionzoo.create_model("dinat_mini", num_classes=5, embed_dim=16, num_heads=(1, 2), depths=(1, 2),
+                                   dilations=((1, 4), (1, 2)), layer_scale=layer_scale).eval()
+    if layer_scale is not None:
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        fast = model(x)
+    # per block: qkv, proj, fc1 + act (linear_act), fc2 + residual (linear_add)
+    assert calls.count("linear_add") == 3 and calls.count("linear_act") == 3 * 3
+    calls.clear()
+    with torch.enable_grad():
+        plain = model(x)
+    assert not calls
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_traces_the_plain_modules(monkeypatch):
+    """Under torch.compile the fast path is off (Inductor cannot lower these ops with weights that are
+    graph inputs, and fuses on its own); the compiled model equals the eager one."""
+    calls = []
+    for name in ("linear_act", "linear_add", "conv_act"):
+        fn = getattr(fused_eval, name)
+        monkeypatch.setattr(fused_eval, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    model = visionzoo.create_model("dinat_mini", num_classes=5, embed_dim=16, num_heads=(1, 2), depths=(1, 1),
+                                   dilations=((1,), (1,))).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="eager", fullgraph=False)(x)
+        assert not calls
+        torch.testing.assert_close(compiled, model(x), rtol=1e-5, atol=1e-5)
+    assert calls  # eager: the fast path

@@ -9,9 +9,11 @@ Inductor's CPU fusions emit); this module calls them from eager code.
 
 The fast path applies only when nothing can observe the difference: the module is in eval mode,
 autograd is off (``torch.no_grad`` / ``torch.inference_mode``: these ops have no backward), the
-input is a float32 CPU tensor (not an FX proxy) and oneDNN is built and enabled. Otherwise the
-callers run their plain modules. Results equal the plain path up to float rounding (BN folding
-reassociates; ~1e-6 relative), which the model tests check.
+input is a float32 CPU tensor (not an FX proxy), the code runs eagerly (not under
+``torch.compile``, whose Inductor fuses on its own) and oneDNN is built and enabled. Otherwise the
+callers run their plain modules. Used by MaxViT (MBConv, MLP, attention projections) and by the
+NAT family's blocks (qkv / proj, MLP with the layer scale folded). Results equal the plain path
+up to float rounding (BN folding reassociates; ~1e-6 relative), which the model tests check.
 
 Folded weights are cached on the owning module and rebuilt when any source tensor changes
 (storage or in-place version, e.g. an optimizer step or ``load_state_dict``).
@@ -24,7 +26,7 @@ from timm.layers import GELUTanh
 from timm.layers import GELU as TimmGELU
 
 
-__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "conv_act", "folded"]
+__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "mlp_applies", "mlp_add", "conv_act", "folded"]
 
 NO_ACT = ("none", "")
 
@@ -42,10 +44,12 @@ _AVAILABLE = _ops_available()
 
 
 def applies(module: nn.Module, x) -> bool:
-    """The fast path may run: eval mode, no autograd, a float32 CPU tensor, oneDNN enabled."""
+    """The fast path may run: eval mode, no autograd, a float32 CPU tensor, oneDNN enabled, eager
+    (``torch.compile`` traces the plain modules: Inductor makes its own fusions, and cannot lower
+    these ops with weights that are graph inputs)."""
     return (_AVAILABLE and isinstance(x, torch.Tensor) and not module.training and not torch.is_grad_enabled()
             and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
-            and not torch.jit.is_scripting())
+            and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 
 
 def fused_act(act: nn.Module) -> tuple[str, str] | None:
@@ -79,6 +83,27 @@ def linear(owner: nn.Module, fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if applies(owner, x):
         return linear_act(x, fc.weight, fc.bias, NO_ACT)
     return fc(x)
+
+
+def mlp_applies(owner: nn.Module, mlp: nn.Module, x: torch.Tensor) -> bool:
+    """:func:`mlp_add` may run: the fast path applies to ``owner`` and ``mlp`` (a timm ``Mlp``) has a
+    fused form (an activation with a oneDNN post-op, no norm)."""
+    return (applies(owner, x) and fused_act(mlp.act) is not None
+            and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity))
+
+
+def mlp_add(owner: nn.Module, mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor,
+            gamma: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + gamma * mlp(x)`` as two oneDNN GEMMs: fc1 with the activation as a post-op, fc2 with
+    the residual sum (``gamma``, a layer scale, folded into fc2's weights, cached on ``owner``). Only
+    where :func:`mlp_applies`; dropout and drop-path are identities there (eval)."""
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    w2, b2 = fc2.weight, fc2.bias
+    if gamma is not None:
+        sources = (w2, gamma) + (() if b2 is None else (b2,))
+        w2, b2 = folded(owner, "_fold_mlp_gamma", sources,
+                        lambda: (w2 * gamma[:, None], None if b2 is None else b2 * gamma))
+    return linear_add(linear_act(x, fc1.weight, fc1.bias, fused_act(mlp.act)), w2, b2, residual)
 
 
 def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: nn.Conv2d,

@@ -22,6 +22,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 
 from ..ops.neighborhood import na2d
+from . import fused_eval
 
 __all__ = ["NeighborhoodAttn2d", "effective_dilation"]
 
@@ -94,10 +95,10 @@ class NeighborhoodAttn2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
+        q, k, v = fused_eval.linear(self, self.qkv, x).reshape(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
         x = na2d(q, k, v, self.kernel_size, self.dilation_for(H, W), rpb=self.rpb, scale=self.scale,
                  backend=self.backend)
-        return self.proj_drop(self.proj(x.reshape(B, H, W, C)))
+        return self.proj_drop(fused_eval.linear(self, self.proj, x.reshape(B, H, W, C)))
 
     def extra_repr(self) -> str:
         one = lambda t: t[0] if t[0] == t[1] else t  # noqa: E731

@@ -4,7 +4,8 @@
 ``[B, H, W, C]``. The token mixer is passed in built (neighborhood attention, global attention...),
 so one block serves every family whose layer is "norm, mixer, residual, norm, MLP, residual"
 (NAT, DiNAT, DiNAT_s, isotropic NAT / ViT-RPB). ``ls1`` / ``ls2`` are per-channel layer scales
-(CaiT / NAT ``gamma1`` / ``gamma2``) or Identity.
+(CaiT / NAT ``gamma1`` / ``gamma2``) or Identity. Inference (eval, autograd off, fp32 CPU) runs the
+MLP and its residual as two oneDNN GEMMs (:func:`~visionzoo.blocks.fused_eval.mlp_add`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerScale, Mlp
+
+from . import fused_eval
 
 __all__ = ["TransformerBlock"]
 
@@ -47,4 +50,6 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs, layer scale folded
+            return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x, getattr(self.ls2, "gamma", None))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

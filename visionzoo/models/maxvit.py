@@ -153,10 +153,8 @@ class PartitionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
-        act = fused_eval.fused_act(self.mlp.act)
-        if fused_eval.applies(self, x) and act is not None:  # inference: fc1 + GELU as one oneDNN GEMM
-            h = fused_eval.linear_act(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, act)
-            return fused_eval.linear_add(h, self.mlp.fc2.weight, self.mlp.fc2.bias, x)
+        if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs
+            return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
