@@ -200,12 +200,13 @@ def model_call(factory: Callable[[], torch.nn.Module], batch: int = 8, img_size:
 
 
 def count_gflops(fn: Callable[[], object]) -> float:
-    """GFLOPs of one call (2 per MAC); SDPA is forced onto its math path, which the counter knows."""
+    """GFLOPs of one call (2 per MAC); SDPA is forced onto its math path and oneDNN is disabled (so
+    visionzoo's fused inference ops, which the counter does not see, give way to the plain modules)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with sdpa_kernel(SDPBackend.MATH), counter:
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False), counter:
         fn()
     return counter.get_total_flops() / 1e9
 
