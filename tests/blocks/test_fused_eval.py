@@ -11,7 +11,7 @@ from visionzoo.blocks.conv_bn import bn_folded_conv
 pytestmark = pytest.mark.skipif(not fused_eval._AVAILABLE, reason="torch built without oneDNN's fused pointwise ops")
 
 ACTS = [(nn.GELU(approximate="tanh"), ("gelu", "tanh")), (GELUTanh(), ("gelu", "tanh")),
-        (nn.GELU(), ("gelu", "none")), (nn.Identity(), ("none", ""))]
+        (nn.GELU(), ("gelu", "none")), (nn.Identity(), ("none", "")), (nn.ReLU(), ("relu", ""))]
 
 
 def _bn(c: int, g: torch.Generator) -> nn.BatchNorm2d:
@@ -26,7 +26,7 @@ def _bn(c: int, g: torch.Generator) -> nn.BatchNorm2d:
 @pytest.mark.parametrize("act,post", ACTS)
 def test_fused_act_of_modules(act, post):
     assert fused_eval.fused_act(act) == post
-    assert fused_eval.fused_act(nn.ReLU()) is None
+    assert fused_eval.fused_act(nn.SiLU()) is None
 
 
 @pytest.mark.parametrize("act,post", ACTS)
@@ -183,3 +183,27 @@ def test_compile_traces_the_plain_modules(monkeypatch):
         assert not calls
         torch.testing.assert_close(compiled, model(x), rtol=1e-5, atol=1e-5)
     assert calls  # eager: the fast path
+
+
+@pytest.mark.parametrize("name", ["cbam_resnet18", "eca_resnet50", "se_resnet50"])
+def test_channel_attn_resnet_fast_path_equals_plain_path(name, monkeypatch):
+    """Attention ResNets: every Conv-BN(-ReLU) of a block as one folded oneDNN convolution (basic and
+    bottleneck blocks, downsampling shortcuts); autograd on keeps the plain modules; same outputs."""
+    calls = []
+    fn = fused_eval.conv_act
+    monkeypatch.setattr(fused_eval, "conv_act", lambda *a, **k: calls.append(1) or fn(*a, **k))
+    g = torch.Generator().manual_seed(6)
+    model = visionzoo.create_model(name, num_classes=5, layers=(1, 1, 1, 1)).eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.load_state_dict(_bn(mod.num_features, g).state_dict())
+    x = torch.randn(2, 3, 45, 38)
+    with torch.no_grad():
+        fast = model(x)
+    convs = 2 if name.endswith("18") else 3
+    assert len(calls) == 4 * convs + (3 if name.endswith("18") else 4)  # 4 blocks, their downsamplings
+    calls.clear()
+    with torch.enable_grad():
+        plain = model(x)
+    assert not calls
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)

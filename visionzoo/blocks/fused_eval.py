@@ -56,6 +56,8 @@ def fused_act(act: nn.Module) -> tuple[str, str] | None:
     """oneDNN post-op ``(attr, algorithm)`` of an activation module, ``None`` if it has none here."""
     if isinstance(act, nn.Identity):
         return "none", ""
+    if isinstance(act, nn.ReLU):
+        return "relu", ""
     if isinstance(act, GELUTanh) or (isinstance(act, nn.GELU) and act.approximate == "tanh"):
         return "gelu", "tanh"
     if isinstance(act, (TimmGELU, nn.GELU)) and getattr(act, "approximate", "none") == "none":

@@ -21,7 +21,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath
 
 from .. import convert
+from ..blocks import fused_eval
 from ..blocks.channel_attn import create_channel_attn
+from ..blocks.conv_bn import bn_folded_conv
 from ..blocks.channels_last import ChannelsLastStem
 from ._base import Backbone
 from ._registry import register_family
@@ -94,6 +96,8 @@ class ResidualBlock(nn.Module):
             self.downsample = nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride, dd=dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_eval.applies(self, x):
+            return self._forward_fused(x)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -101,6 +105,22 @@ class ResidualBlock(nn.Module):
             out = self.bn3(self.conv3(self.act(out)))
         out = self.drop_path(self.attn(out))
         return self.act(out + shortcut)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: every Conv-BN(-ReLU) as one oneDNN convolution with the BN folded in."""
+        def conv_bn(i: int, conv: nn.Conv2d, bn: nn.BatchNorm2d, act, inp: torch.Tensor) -> torch.Tensor:
+            w, b = fused_eval.folded(self, f"_fold{i}", (conv.weight, bn.weight, bn.bias, bn.running_mean,
+                                                          bn.running_var), lambda: bn_folded_conv(conv, bn))
+            return fused_eval.conv_act(inp, w, b, conv, act)
+
+        relu, none = ("relu", ""), fused_eval.NO_ACT
+        shortcut = x if self.downsample is None else conv_bn(0, *self.downsample, none, x)
+        out = conv_bn(1, self.conv1, self.bn1, relu, x)
+        if self.conv3 is None:
+            out = conv_bn(2, self.conv2, self.bn2, none, out)
+        else:
+            out = conv_bn(3, self.conv3, self.bn3, none, conv_bn(2, self.conv2, self.bn2, relu, out))
+        return self.act(self.attn(out) + shortcut)
 
 
 class ChannelAttnResNet(Backbone):
