@@ -11,8 +11,9 @@ The fast path applies only when nothing can observe the difference: the module i
 autograd is off (``torch.no_grad`` / ``torch.inference_mode``: these ops have no backward), the
 input is a float32 CPU tensor (not an FX proxy), the code runs eagerly (not under
 ``torch.compile``, whose Inductor fuses on its own) and oneDNN is built and enabled. Otherwise the
-callers run their plain modules. Used by MaxViT (MBConv, MLP, attention projections) and by the
-NAT family's blocks (qkv / proj, MLP with the layer scale folded). Results equal the plain path
+callers run their plain modules. Used by MaxViT (MBConv, MLP, attention projections), the NAT
+family (qkv / proj), every :class:`~visionzoo.blocks.TransformerBlock` (NAT / DiNAT / BiFormer MLPs,
+layer scale folded) and the attention ResNets (Conv-BN-ReLU). Results equal the plain path
 up to float rounding (BN folding reassociates; ~1e-6 relative), which the model tests check.
 
 Folded weights are cached on the owning module and rebuilt when any source tensor changes

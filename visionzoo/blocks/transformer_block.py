@@ -3,7 +3,7 @@
 ``x = x + drop_path(ls1(attn(norm1(x))))``, then ``x = x + drop_path(ls2(mlp(norm2(x))))``, on
 ``[B, H, W, C]``. The token mixer is passed in built (neighborhood attention, global attention...),
 so one block serves every family whose layer is "norm, mixer, residual, norm, MLP, residual"
-(NAT, DiNAT, DiNAT_s, isotropic NAT / ViT-RPB). ``ls1`` / ``ls2`` are per-channel layer scales
+(NAT, DiNAT, DiNAT_s, isotropic NAT / ViT-RPB, BiFormer). ``ls1`` / ``ls2`` are per-channel layer scales
 (CaiT / NAT ``gamma1`` / ``gamma2``) or Identity. Inference (eval, autograd off, fp32 CPU) runs the
 MLP and its residual as two oneDNN GEMMs (:func:`~visionzoo.blocks.fused_eval.mlp_add`).
 """
