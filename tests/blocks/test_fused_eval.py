@@ -207,3 +207,24 @@ def test_channel_attn_resnet_fast_path_equals_plain_path(name, monkeypatch):
         plain = model(x)
     assert not calls
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["biformer_tiny", "biformer_stl", "dinat_s_tiny", "nat_isotropic_small"])
+def test_model_fast_path_equals_plain_path(name, monkeypatch):
+    """Every family on the fast path (reduced configs; attention projections and MLPs through oneDNN)
+    gives the plain path's outputs, and takes the fast path only with autograd off."""
+    from tests.models._tiny import create_tiny
+    calls = []
+    for fname in ("linear_act", "linear_add"):
+        fn = getattr(fused_eval, fname)
+        monkeypatch.setattr(fused_eval, fname, lambda *a, _fn=fn, _n=fname, **k: calls.append(_n) or _fn(*a, **k))
+    model = create_tiny(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 61, 45)
+    with torch.no_grad():
+        fast = model(x)
+    assert "linear_act" in calls and "linear_add" in calls
+    calls.clear()
+    with torch.enable_grad():
+        plain = model(x)
+    assert not calls
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.routing import bra
+from . import fused_eval
 
 __all__ = ["BiLevelRoutingAttn", "GlobalAttnLePE", "QKVLinear"]
 
@@ -33,7 +34,7 @@ class QKVLinear(nn.Module):
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor):
-        return self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        return fused_eval.linear(self, self.qkv, x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
 
 
 def _lepe_conv(dim: int, kernel: int, dd: dict) -> nn.Conv2d | None:
@@ -81,7 +82,7 @@ class BiLevelRoutingAttn(nn.Module):
                   scale=self.scale, backend=self.backend).reshape(B, H, W, C)
         if self.lepe is not None:
             out = out + _lepe(self.lepe, v)
-        return self.wo(out)
+        return fused_eval.linear(self, self.wo, out)
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}, scale={self.scale:.4g}"
@@ -104,9 +105,9 @@ class GlobalAttnLePE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = fused_eval.linear(self, self.qkv, x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:
             out = out + _lepe(self.lepe, x)
-        return self.proj(out)
+        return fused_eval.linear(self, self.proj, out)
