@@ -109,6 +109,32 @@ def test_attn_bwd_row_maps(kv):
 
 
 @needs_ext
+def test_attn_bwd_fully_masked_blocks():
+    """Query blocks whose mask hides every key (an empty key span) get zero dq and add nothing to
+    dk / dv; blocks after them still write dk / dv from scratch (no stale memory)."""
+    q, k, v, dout, mask = _problem(2, 3, 12, 10, 16, 16, "band", seed=7)
+    hidden = [0, 1, 2, 3, 8, 9, 10, 11]  # blocks 0 and 2 of 4 rows: every key masked
+    mask[:, :, hidden] = float("-inf")
+    seen = [4, 5, 6, 7]
+    out, lse, (dq_seen, dk, dv) = _reference(q[:, :, seen], k, v, dout[:, :, seen], mask[:, :, seen], 0.3)
+    full_out, full_lse = torch.zeros(2, 3, 12, 16), torch.zeros(2, 3, 12)
+    full_out[:, :, seen], full_lse[:, :, seen] = out, lse
+    got = _cpu.attn_bwd(dout, q, k, v, full_out, full_lse, mask, 0.3, block=4)
+    assert torch.equal(got[0][:, :, hidden], torch.zeros(2, 3, len(hidden), 16))
+    torch.testing.assert_close(got[0][:, :, seen].double(), dq_seen, rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(got[1].double(), dk, rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(got[2].double(), dv, rtol=1e-4, atol=2e-5)
+
+
+@needs_ext
+def test_attn_bwd_empty_queries():
+    q, k, v = torch.randn(1, 2, 0, 16), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 8)
+    dq, dk, dv = _cpu.attn_bwd(torch.zeros(1, 2, 0, 8), q, k, v, torch.zeros(1, 2, 0, 8), torch.zeros(1, 2, 0),
+                               None, 0.25)
+    assert dq.shape == (1, 2, 0, 16) and torch.equal(dk, torch.zeros_like(k)) and torch.equal(dv, torch.zeros_like(v))
+
+
+@needs_ext
 def test_attn_bwd_rejects_bad_inputs():
     q, k, v, dout, _ = _problem(1, 2, 8, 9, 16, 16, None)
     out, lse = torch.zeros_like(dout), torch.zeros(1, 2, 8)
@@ -116,6 +142,10 @@ def test_attn_bwd_rejects_bad_inputs():
         _cpu.attn_bwd(dout.double(), q, k, v, out, lse, None, 1.0)
     with pytest.raises(RuntimeError, match="inconsistent shapes"):
         _cpu.attn_bwd(dout, q, k[:, :, :5], v, out, lse, None, 1.0)
+    with pytest.raises(RuntimeError, match="rows must not overlap"):  # sgemm would skip it silently
+        _cpu.attn_bwd(dout, q[:, :, :1].expand_as(q), k, v, out, lse, None, 1.0)
+    with pytest.raises(RuntimeError, match="kv_group must be 0"):
+        _cpu.attn_bwd(dout, q, k, v, out, lse, None, 1.0, kv_group=-1)
 
 
 def test_can_run_only_float32_cpu():
@@ -136,7 +166,7 @@ def test_na2d_cpu_backward_uses_it(monkeypatch, size, dilation, rpb, plan, runs_
     monkeypatch.setattr(na_cpu, "_RUNS_PER_THREAD", runs_per_thread)
     calls = []
     real = _cpu.attn_bwd
-    monkeypatch.setattr(na_cpu._cpu, "attn_bwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(na_cpu._cpu, "attn_bwd", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, *size, 2, 16, generator=g, requires_grad=True) for _ in range(3))
     bias = torch.randn(2, 9, 9, generator=g, requires_grad=True) if rpb else None
@@ -148,7 +178,11 @@ def test_na2d_cpu_backward_uses_it(monkeypatch, size, dilation, rpb, plan, runs_
         out = na2d(q, k, v, 5, dilation, rpb=bias, backend=backend)
         params = [q, k, v] + ([bias] if rpb else [])
         grads[backend] = torch.autograd.grad(out, params, dout)
-    assert calls
+    assert calls and calls[0]["q_rows"] is not None
+    # dk / dv: written into the map for disjoint halos, summed in the kernel or scattered after otherwise
+    summed = plan == "gathered" and runs_per_thread == 0
+    assert (calls[0]["kv_rows"] is not None) == (plan != "gathered" or summed)
+    assert calls[0]["kv_group"] == (p.tiles if summed else 0)
     for a, b in zip(grads["cpu"], grads["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

@@ -63,8 +63,8 @@ float dot(const float* a, const float* b, int64_t n) {
   return _mm512_reduce_add_ps(acc);
 }
 
-// [lo, hi) of the columns with a finite mask entry in any of rows 0..rows-1 (row stride ld) of n columns;
-// lo == hi when every entry is -inf
+// [lo, hi) of the columns with an entry other than -inf (NaN counts) in any of rows 0..rows-1 (row stride ld)
+// of n columns; lo == hi when every entry is -inf
 std::pair<int64_t, int64_t> finite_span(const float* mask, int64_t ld, int64_t rows, int64_t n) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   int64_t lo = n, hi = 0;
@@ -72,13 +72,13 @@ std::pair<int64_t, int64_t> finite_span(const float* mask, int64_t ld, int64_t r
     const float* r = mask + i * ld;
     for (int64_t j = 0; j < std::min(lo, n); j += 16) {  // first finite column left of lo
       const __mmask16 hit = _mm512_mask_cmp_ps_mask(tail(n - j), _mm512_maskz_loadu_ps(tail(n - j), r + j), ninf,
-                                                    _CMP_NEQ_OQ);
+                                                    _CMP_NEQ_UQ);
       if (hit) { lo = std::min(lo, j + (int64_t)__builtin_ctz(hit)); break; }
     }
     for (int64_t j = n; j > hi; j -= 16) {  // last finite column right of hi
       const int64_t j0 = std::max<int64_t>(j - 16, 0);
       const __mmask16 km = tail(j - j0);
-      const __mmask16 hit = _mm512_mask_cmp_ps_mask(km, _mm512_maskz_loadu_ps(km, r + j0), ninf, _CMP_NEQ_OQ);
+      const __mmask16 hit = _mm512_mask_cmp_ps_mask(km, _mm512_maskz_loadu_ps(km, r + j0), ninf, _CMP_NEQ_UQ);
       if (hit) { hi = std::max(hi, j0 + 32 - (int64_t)__builtin_clz((unsigned)hit)); break; }
     }
   }
@@ -88,6 +88,9 @@ std::pair<int64_t, int64_t> finite_span(const float* mask, int64_t ld, int64_t r
 void check(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), name, " must be a float32 CPU tensor");
   TORCH_CHECK(t.dim() == dim && t.stride(-1) == 1, name, " must be ", dim, "-D with a unit last stride");
+  // rows go to sgemm with the row stride as leading dimension: rows must not overlap
+  TORCH_CHECK(t.size(dim - 2) <= 1 || t.stride(dim - 2) >= t.size(dim - 1), name,
+              " rows must not overlap (row stride >= row length)");
 }
 
 // Token-map rows of the slots of every problem: problem u (of the B * H) reads / writes map u / P of a
@@ -101,9 +104,9 @@ struct RowMap {
 RowMap row_map(const c10::optional<at::Tensor>& t, int64_t problems, int64_t L, int64_t R, const char* name) {
   RowMap m;
   if (!t.has_value() || !t->defined()) return m;
-  TORCH_CHECK(t->scalar_type() == at::kLong && t->dim() == 2 && t->size(1) == L && t->is_contiguous() &&
+  TORCH_CHECK(t->scalar_type() == at::kLong && t->device().is_cpu() && t->dim() == 2 && t->size(1) == L && t->is_contiguous() &&
               t->size(0) > 0 && problems % t->size(0) == 0,
-              name, " must be a contiguous int64 [P, ", L, "] with P dividing the ", problems, " problems");
+              name, " must be a contiguous int64 CPU [P, ", L, "] with P dividing the ", problems, " problems");
   TORCH_CHECK(t->numel() == 0 || (t->min().item<int64_t>() >= -1 && t->max().item<int64_t>() < R),
               name, " must hold rows in [-1, ", R, ")");
   m.rows = t->data_ptr<int64_t>();
@@ -154,7 +157,8 @@ std::vector<at::Tensor> attn_bwd(const at::Tensor& dout, const at::Tensor& q, co
                                  const c10::optional<at::Tensor>& q_rows, const c10::optional<at::Tensor>& kv_rows,
                                  int64_t map_rows, int64_t kv_group) {
   check(q, "q", 4); check(k, "k", 4); check(v, "v", 4); check(out, "out", 4);
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 3, "lse must be float32 [B, H, Lq]");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.device().is_cpu() && lse.dim() == 3,
+              "lse must be a float32 CPU tensor [B, H, Lq]");
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Lk = k.size(2), Dv = v.size(3);
   TORCH_CHECK(k.sizes() == at::IntArrayRef({B, H, Lk, D}) && v.sizes() == at::IntArrayRef({B, H, Lk, Dv}) &&
               out.sizes() == at::IntArrayRef({B, H, Lq, Dv}) && lse.sizes() == at::IntArrayRef({B, H, Lq}),
@@ -250,7 +254,7 @@ std::vector<at::Tensor> attn_bwd(const at::Tensor& dout, const at::Tensor& q, co
         dK = dkd + u * Lk * D, dV = dvd + u * Lk * Dv;
       }
       // dK, dV: a first block spanning every key writes them (beta = 0), later blocks add; otherwise zero first
-      const bool write_first = span[0].first == 0 && span[0].second == Lk;
+      const bool write_first = nblk > 0 && span[0].first == 0 && span[0].second == Lk;
       if (!write_first) {
         std::fill(dK, dK + Lk * D, 0.f);
         std::fill(dV, dV + Lk * Dv, 0.f);
