@@ -26,8 +26,11 @@ import torch.nn as nn
 from timm.layers import GELUTanh
 from timm.layers import GELU as TimmGELU
 
+from .conv_bn import bn_folded_conv
 
-__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "mlp_applies", "mlp_add", "conv_act", "folded"]
+
+__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "mlp_applies", "mlp_add", "conv_act", "folded",
+           "conv_bn_folded"]
 
 NO_ACT = ("none", "")
 
@@ -127,3 +130,11 @@ def folded(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], make)
     return hit[1]
 
 
+def conv_bn_folded(owner: nn.Module, name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d,
+                   pre_bn: nn.BatchNorm2d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(pre_bn(x)))`` (:func:`~visionzoo.blocks.conv_bn.bn_folded_conv`),
+    cached on ``owner`` under ``name`` until a weight or a BN statistic changes."""
+    bns = (bn,) if pre_bn is None else (pre_bn, bn)
+    sources = tuple(t for m in bns for t in (m.weight, m.bias, m.running_mean, m.running_var))
+    sources += tuple(t for t in (conv.weight, conv.bias) if t is not None)
+    return folded(owner, name, sources, lambda: bn_folded_conv(conv, bn, pre_bn))

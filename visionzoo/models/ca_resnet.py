@@ -23,7 +23,6 @@ from timm.layers import ClassifierHead, DropPath
 from .. import convert
 from ..blocks import fused_eval
 from ..blocks.channel_attn import create_channel_attn
-from ..blocks.conv_bn import bn_folded_conv
 from ..blocks.channels_last import ChannelsLastStem
 from ._base import Backbone
 from ._registry import register_family
@@ -109,9 +108,7 @@ class ResidualBlock(nn.Module):
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every Conv-BN(-ReLU) as one oneDNN convolution with the BN folded in."""
         def conv_bn(i: int, conv: nn.Conv2d, bn: nn.BatchNorm2d, act, inp: torch.Tensor) -> torch.Tensor:
-            w, b = fused_eval.folded(self, f"_fold{i}", (conv.weight, bn.weight, bn.bias, bn.running_mean,
-                                                          bn.running_var), lambda: bn_folded_conv(conv, bn))
-            return fused_eval.conv_act(inp, w, b, conv, act)
+            return fused_eval.conv_act(inp, *fused_eval.conv_bn_folded(self, f"_fold{i}", conv, bn), conv, act)
 
         relu, none = ("relu", ""), fused_eval.NO_ACT
         shortcut = x if self.downsample is None else conv_bn(0, *self.downsample, none, x)

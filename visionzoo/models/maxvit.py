@@ -37,7 +37,6 @@ from timm.layers.conv2d_same import Conv2dSame
 
 from .. import convert
 from ..blocks import fused_eval
-from ..blocks.conv_bn import bn_folded_conv
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
 from ._base import Backbone, Stage
@@ -121,19 +120,13 @@ class MBConv(nn.Module):
         """Inference: pre-norm + 1x1 + BN-act, then depthwise + BN-act, as two oneDNN convolutions."""
         act1, act2 = acts
         c1, c2 = self.conv1_1x1, self.conv2_kxk
-        w1, b1 = fused_eval.folded(self, "_fold1", _bn_tensors(self.pre_norm, self.norm1) + (c1.weight,),
-                                   lambda: bn_folded_conv(c1, self.norm1, self.pre_norm))
-        w2, b2 = fused_eval.folded(self, "_fold2", _bn_tensors(self.norm2) + (c2.weight,),
-                                   lambda: bn_folded_conv(c2, self.norm2))
+        w1, b1 = fused_eval.conv_bn_folded(self, "_fold1", c1, self.norm1, self.pre_norm)
+        w2, b2 = fused_eval.conv_bn_folded(self, "_fold2", c2, self.norm2)
         x = fused_eval.conv_act(x, w1, b1, c1, act1)
         padding = None
         if isinstance(c2, Conv2dSame):  # TF 'SAME' of a strided conv: explicit (asymmetric) zero pad
             x, padding = pad_same(x, c2.kernel_size, c2.stride, c2.dilation), (0, 0)
         return fused_eval.conv_act(x, w2, b2, c2, act2, padding)
-
-
-def _bn_tensors(*bns: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
-    return tuple(t for bn in bns for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
 
 
 class PartitionBlock(nn.Module):

@@ -113,8 +113,8 @@ def attn_bwd(dout, q, k, v, out, lse, mask, scale: float, block: int = 64, q_row
         mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         if mask.stride(-1) != 1:
             mask = mask.contiguous()
-    return tuple(_built().attn_bwd(dout, q, k, v, out, lse, mask, float(scale), int(block), q_rows,
-                                           kv_rows, int(map_rows), int(kv_group)))
+    return tuple(_built().attn_bwd(dout, q, k, v, out, lse, mask, float(scale), int(block), q_rows, kv_rows,
+                                   int(map_rows), int(kv_group)))
 
 
 def scatter_add_rows(src: torch.Tensor, src_rows: torch.Tensor, dst_rows: torch.Tensor, out_rows: int) -> torch.Tensor:

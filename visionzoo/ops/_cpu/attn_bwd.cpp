@@ -97,21 +97,20 @@ void check(const at::Tensor& t, const char* name, int64_t dim) {
 // [N, R, C] map through rows[u % P, i], the map row of its slot i (-1: the slot has none).
 struct RowMap {
   const int64_t* rows = nullptr;
-  int64_t P = 0, R = 0;
+  int64_t P = 0;
   bool on() const { return rows != nullptr; }
 };
 
 RowMap row_map(const c10::optional<at::Tensor>& t, int64_t problems, int64_t L, int64_t R, const char* name) {
   RowMap m;
   if (!t.has_value() || !t->defined()) return m;
-  TORCH_CHECK(t->scalar_type() == at::kLong && t->device().is_cpu() && t->dim() == 2 && t->size(1) == L && t->is_contiguous() &&
-              t->size(0) > 0 && problems % t->size(0) == 0,
+  TORCH_CHECK(t->scalar_type() == at::kLong && t->device().is_cpu() && t->dim() == 2 && t->size(1) == L &&
+              t->is_contiguous() && t->size(0) > 0 && problems % t->size(0) == 0,
               name, " must be a contiguous int64 CPU [P, ", L, "] with P dividing the ", problems, " problems");
   TORCH_CHECK(t->numel() == 0 || (t->min().item<int64_t>() >= -1 && t->max().item<int64_t>() < R),
               name, " must hold rows in [-1, ", R, ")");
   m.rows = t->data_ptr<int64_t>();
   m.P = t->size(0);
-  m.R = R;
   return m;
 }
 
@@ -128,16 +127,17 @@ void scatter_rows(float* map, const float* src, const int64_t* rows, int64_t L, 
     if (rows[i] >= 0) std::copy(src + i * C, src + (i + 1) * C, map + rows[i] * C);
 }
 
-void add_rows(float* map, const float* src, const int64_t* rows, int64_t L, int64_t C) {
-  for (int64_t i = 0; i < L; ++i) {
-    if (rows[i] < 0) continue;
-    float* y = map + rows[i] * C;
-    const float* x = src + i * C;
-    for (int64_t j = 0; j < C; j += 16) {
-      const __mmask16 km = tail(C - j);
-      _mm512_mask_storeu_ps(y + j, km, _mm512_add_ps(_mm512_maskz_loadu_ps(km, y + j), _mm512_maskz_loadu_ps(km, x + j)));
-    }
+// y += x over a row of C floats
+void add_row(float* y, const float* x, int64_t C) {
+  for (int64_t j = 0; j < C; j += 16) {
+    const __mmask16 km = tail(C - j);
+    _mm512_mask_storeu_ps(y + j, km, _mm512_add_ps(_mm512_maskz_loadu_ps(km, y + j), _mm512_maskz_loadu_ps(km, x + j)));
   }
+}
+
+void add_rows(float* map, const float* src, const int64_t* rows, int64_t L, int64_t C) {
+  for (int64_t i = 0; i < L; ++i)
+    if (rows[i] >= 0) add_row(map + rows[i] * C, src + i * C, C);
 }
 
 }  // namespace
@@ -312,15 +312,7 @@ at::Tensor scatter_add_rows(const at::Tensor& src, const at::Tensor& src_rows, c
       const int64_t b = u / G, g = u % G;
       const float* s = sp + b * sb;
       float* o = op + b * out_rows * C;
-      for (int64_t i = g * n; i < (g + 1) * n; ++i) {
-        const float* x = s + sr[i] * C;
-        float* y = o + dr[i] * C;
-        for (int64_t j = 0; j < C; j += 16) {
-          const __mmask16 km = tail(C - j);
-          _mm512_mask_storeu_ps(y + j, km, _mm512_add_ps(_mm512_maskz_loadu_ps(km, y + j),
-                                                         _mm512_maskz_loadu_ps(km, x + j)));
-        }
-      }
+      for (int64_t i = g * n; i < (g + 1) * n; ++i) add_row(o + dr[i] * C, s + sr[i] * C, C);
     }
   });
   return out;
