@@ -1,6 +1,5 @@
 """BiFormer: official fixture parity (from_official and checkpoint_path), official key listings,
 parameter counts, any input size with masked padding, backends, official-argument errors."""
-import json
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from visionzoo.models import biformer
 from visionzoo.models._registry import MODELS
 
 from ._any_size import check_train_and_eval
-from ..fixtures import OFFICIAL, assert_matches_fixture, load_fixture, official_keys
+from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "biformer"]
 SMALL = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 48, 64), head_dim=8)
@@ -46,7 +45,7 @@ def test_official_key_listing_converts(name):
 
 
 def test_param_counts():
-    counts = json.loads((OFFICIAL.parent.parent / "reference" / "official_params.json").read_text())
+    counts = official_params()
     for name in NAMES:
         assert visionzoo.count_params(visionzoo.create_model(name, device="meta")) == counts[name]["params"], name
 

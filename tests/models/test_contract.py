@@ -7,9 +7,7 @@ official one.
 """
 import copy
 import fnmatch
-import json
 import math
-from pathlib import Path
 
 import pytest
 import timm
@@ -19,11 +17,10 @@ from timm.models._manipulate import group_parameters
 import visionzoo
 from visionzoo.models._registry import MODELS
 
+from ..fixtures import official_param_count
 from ._tiny import create_tiny
 
 NAMES = visionzoo.list_models()
-OFFICIAL = json.loads((Path(__file__).parents[2] / ".." / "shared" / "reference" / "official_params.json")
-                      .read_text()) if (Path(__file__).parents[2] / ".." / "shared" / "reference").exists() else None
 SIZE = 64  # every reduced model runs at this size; the any-size test covers others
 
 
@@ -40,10 +37,7 @@ def test_meta_construction_and_official_param_count(name):
     if key is None and "paper_params_m" in meta:  # no code exists (HaloNet H-series): the paper's 0.1 M
         assert round(visionzoo.count_params(model) / 1e6, 1) == meta["paper_params_m"], name
         return
-    if OFFICIAL is None:
-        pytest.skip("../shared/reference/official_params.json not present beside the checkout")
-    assert key in OFFICIAL, f"{name}: no official parameter count recorded (meta official_params_key={key!r})"
-    assert visionzoo.count_params(model) == OFFICIAL[key]["params"]
+    assert visionzoo.count_params(model) == official_param_count(key), name
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,6 +1,5 @@
 """HaloNet: timm-weight parity, parameter counts (official and the paper's), any input size, the
 paper's r_v (value ratio) block, strided attention on odd maps, backends."""
-import json
 
 import pytest
 import timm
@@ -10,7 +9,7 @@ import visionzoo
 from visionzoo.models._registry import MODELS
 
 from ._any_size import check_train_and_eval
-from ..fixtures import OFFICIAL
+from ..fixtures import official_params
 from .test_maxvit import _perturb
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "halonet"]
@@ -51,7 +50,7 @@ def test_timm_weights_give_timm_outputs(tmp_path, name):
 
 
 def test_param_counts_equal_official_and_paper():
-    counts = json.loads((OFFICIAL.parent.parent / "reference" / "official_params.json").read_text())
+    counts = official_params()
     for name in NAMES:
         meta = MODELS[name].meta
         n = visionzoo.count_params(visionzoo.create_model(name, device="meta"))

@@ -1,7 +1,6 @@
 """NAT / DiNAT / DiNAT_s / isotropic NAT, DiNAT and ViT-RPB: official parity, conversion, dilation rule."""
 import dataclasses
 import importlib.util
-import json
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from visionzoo.models._registry import FAMILIES, MODELS
 from visionzoo.ops.neighborhood import na2d
 
 from ._any_size import check_train_and_eval
-from ..fixtures import OFFICIAL, assert_matches_fixture, load_fixture, official_keys
+from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
 
 FAMILY_NAMES = [n for n in visionzoo.list_models() if MODELS[n].family in ("nat", "dinat_s", "nat_isotropic")]
 HAS_CPU_BACKEND = importlib.util.find_spec("visionzoo.ops.neighborhood.cpu") is not None
@@ -63,7 +62,7 @@ def test_official_key_listing_converts(name):
 
 
 def test_official_param_counts():
-    counts = json.loads((OFFICIAL.parent.parent / "reference" / "official_params.json").read_text())
+    counts = official_params()
     for name in FAMILY_NAMES:
         model = visionzoo.create_model(name, device="meta")
         assert visionzoo.count_params(model) == counts[MODELS[name].meta["official_params_key"]]["params"], name

@@ -1,5 +1,4 @@
 """SHViT: official fixture parity, timm-weight parity, official key listings, fuse(), any input size."""
-import json
 
 import pytest
 import timm
@@ -10,7 +9,7 @@ from visionzoo.models import single_head_vit
 from visionzoo.models._registry import MODELS
 
 from ._any_size import check_train_and_eval
-from ..fixtures import OFFICIAL, assert_matches_fixture, load_fixture, official_keys
+from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "single_head_vit"]
 SMALL = dict(embed_dims=(32, 48, 64), partial_dims=(8, 12, 16), depths=(1, 2, 2))
@@ -109,7 +108,7 @@ def test_fuse_keeps_outputs():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fused_param_counts_equal_official_deploy(name):
-    counts = json.loads((OFFICIAL.parent.parent / "reference" / "official_params.json").read_text())
+    counts = official_params()
     model = visionzoo.create_model(name, device="meta").fuse()
     assert visionzoo.count_params(model) == counts[name]["params_bn_fused"]
 
