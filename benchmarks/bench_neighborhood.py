@@ -64,7 +64,8 @@ def make_call(stage: str, batch: int, dilation: int, variant: str, mode: str):
     return harness.op_call(op, (q, k, v), mode)
 
 
-def _natten_available() -> str | None:
+def _natten_unavailable() -> str | None:
+    """Why natten cannot be imported, or ``None`` if it can."""
     try:
         importlib.import_module("natten")
     except Exception as e:  # noqa: BLE001 - any import failure means "not available"
@@ -73,7 +74,7 @@ def _natten_available() -> str | None:
 
 
 def _max_diff_vs_natten(stage: str, batch: int, dilation: int) -> float | None:
-    if _natten_available():
+    if _natten_unavailable():
         return None
     import natten
     from visionzoo.ops.neighborhood import na2d
@@ -87,8 +88,9 @@ def _max_diff_vs_natten(stage: str, batch: int, dilation: int) -> float | None:
 def bench_na(batches, modes, rounds: int, memory=VARIANTS, variants=VARIANTS) -> list[dict]:
     """One row per (stage, batch, dilation, mode, variant); ``memory``: variants whose peak is measured."""
     rows = []
-    if _natten_available():
-        print(f"natten unavailable ({_natten_available()}); skipping it", file=sys.stderr)
+    why = _natten_unavailable()
+    if why:
+        print(f"natten unavailable ({why}); skipping it", file=sys.stderr)
         variants = tuple(v for v in variants if v != "natten")
     for stage, (side, heads, dim, dilations) in STAGES.items():
         for batch in batches:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["backend_override", "distributed_env", "extended_tests", "triton_interpret"]
+__all__ = ["backend_override", "cpu_ext_enabled", "distributed_env", "extended_tests", "triton_interpret"]
 
 
 def backend_override() -> str | None:
@@ -19,6 +19,12 @@ def backend_override() -> str | None:
 def triton_interpret() -> bool:
     """``TRITON_INTERPRET=1``: Triton runs kernels on CPU tensors (testing without a GPU)."""
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0", "false", "False")
+
+
+def cpu_ext_enabled() -> bool:
+    """``VISIONZOO_CPU_EXT=0``: never build or use visionzoo's optional C++ CPU kernels
+    (:mod:`visionzoo.ops._cpu`); ATen's kernels run instead, with the same results."""
+    return os.environ.get("VISIONZOO_CPU_EXT", "1").strip() != "0"
 
 
 def extended_tests() -> bool:

@@ -6,7 +6,7 @@ from visionzoo.ops import _cpu
 from visionzoo.ops.neighborhood import na2d
 from visionzoo.ops.neighborhood import cpu as na_cpu
 
-REASON = _cpu.unavailable()
+REASON = _cpu.cpu_ext_unavailable()
 needs_ext = pytest.mark.skipif(REASON is not None, reason=f"C++ CPU kernels unavailable here: {REASON}")
 
 
@@ -148,10 +148,19 @@ def test_attn_bwd_rejects_bad_inputs():
         _cpu.attn_bwd(dout, q, k, v, out, lse, None, 1.0, kv_group=-1)
 
 
-def test_can_run_only_float32_cpu():
+def test_unavailable_names_the_reason():
     x = torch.zeros(1)
-    assert not _cpu.can_run(x.double()) and not _cpu.can_run(x.bfloat16())
-    assert _cpu.can_run(x) == (REASON is None)
+    for t in (x.double(), x.bfloat16()):
+        assert "float32" in _cpu.cpu_ext_unavailable(x, t)
+    assert _cpu.cpu_ext_unavailable(x) == REASON
+
+
+def test_env_switch_disables(monkeypatch):
+    """``VISIONZOO_CPU_EXT=0`` is read through ``visionzoo._env`` (the one reader of the environment)."""
+    monkeypatch.setenv("VISIONZOO_CPU_EXT", "0")
+    assert _cpu._static_reason() == "disabled by VISIONZOO_CPU_EXT=0"
+    monkeypatch.setenv("VISIONZOO_CPU_EXT", "1")
+    assert _cpu._static_reason() != "disabled by VISIONZOO_CPU_EXT=0"
 
 
 @needs_ext
@@ -206,7 +215,7 @@ def test_scatter_add_rows_matches_index_add():
 def test_na2d_cpu_backward_without_kernel(monkeypatch, dilation, rpb, dv):
     """The ATen fallback (no compiler / no AVX-512): flash backward for masked tiles, explicit matmuls for
     unmasked ones and Dv != D, scatter_add for the halos; float32 gradients equal the reference's."""
-    monkeypatch.setattr(na_cpu._cpu, "can_run", lambda *t: False)
+    monkeypatch.setattr(na_cpu._cpu, "cpu_ext_unavailable", lambda *t: "disabled by the test")
     g = torch.Generator().manual_seed(2)
     q, k = (torch.randn(2, 14, 9, 2, 16, generator=g, requires_grad=True) for _ in range(2))
     v = torch.randn(2, 14, 9, 2, dv, generator=g, requires_grad=True)

@@ -35,6 +35,7 @@ __all__ = [
     "can_run",
     "use_backend",
     "current_backend",
+    "triton_unavailable",
     "triton_available",
     "preload",
 ]
@@ -88,8 +89,8 @@ def register_op(op: str, impls: dict[str, str], checks: dict[str, CanRun] | None
 _TRITON_STATUS: list = []  # [None | reason], filled on first use; a plain value so torch.compile traces it
 
 
-def triton_available() -> str | None:
-    """``None`` if Triton can be imported, else why not (checked once per process)."""
+def triton_unavailable() -> str | None:
+    """Why Triton cannot be imported, or ``None`` if it can (checked once per process)."""
     if not _TRITON_STATUS:
         try:
             importlib.import_module("triton")
@@ -97,6 +98,10 @@ def triton_available() -> str | None:
         except Exception as e:  # ImportError, or a broken install raising something else
             _TRITON_STATUS.append(f"triton cannot be imported ({type(e).__name__}: {e})")
     return _TRITON_STATUS[0]
+
+
+#: deprecated name of :func:`triton_unavailable` (it returns a reason, not a bool); kept for old callers
+triton_available = triton_unavailable
 
 
 def _load(entry: _OpEntry, name: str, op: str = "") -> Callable:
@@ -139,7 +144,7 @@ def _default_check(backend: str, tensors: tuple[torch.Tensor, ...]) -> str | Non
     if backend == "cpu" and devices - {"cpu"}:
         return f"the 'cpu' backend needs CPU tensors, got {sorted(devices)}"
     if backend == "triton":
-        why = triton_available()
+        why = triton_unavailable()
         if why:
             return why
         if devices - {"cuda"} and not (_env.triton_interpret() and devices <= {"cpu"}):

@@ -7,8 +7,8 @@ through per-slot rows; ``scatter_add_rows``: the sum of overlapping key-halo gra
 map, in parallel over groups with disjoint output rows (heads). See ``attn_bwd.cpp``.
 
 They need an AVX-512 CPU, a C++ compiler, ninja and a torch built with OpenMP; where any of these
-is missing, or ``VISIONZOO_CPU_EXT=0`` is set, the callers keep ATen's kernels and
-:func:`unavailable` says why.
+is missing, or ``VISIONZOO_CPU_EXT=0`` is set (read by :func:`visionzoo._env.cpu_ext_enabled`), the
+callers keep ATen's kernels and :func:`cpu_ext_unavailable` says why.
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["attn_bwd", "scatter_add_rows", "can_run", "unavailable"]
+from ... import _env
+
+__all__ = ["attn_bwd", "scatter_add_rows", "cpu_ext_unavailable"]
 
 _SOURCE = Path(__file__).with_name("attn_bwd.cpp")
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma"]
@@ -31,7 +33,7 @@ _log = logging.getLogger(__name__)
 
 
 def _static_reason() -> str | None:
-    if os.environ.get("VISIONZOO_CPU_EXT", "1") == "0":
+    if not _env.cpu_ext_enabled():
         return "disabled by VISIONZOO_CPU_EXT=0"
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX512":
@@ -43,7 +45,9 @@ def _static_reason() -> str | None:
 
 def _ensure_ninja() -> None:
     """torch's builder calls ``ninja`` from PATH; the ``ninja`` wheel (a dependency) puts it beside
-    the interpreter, which is not on PATH when the venv is not activated."""
+    the interpreter, which is not on PATH when the venv is not activated. Prepending to PATH (for this
+    process and the builder it spawns) is the one way to hand torch's builder that directory, so
+    PATH is written here; visionzoo's own switches are read only in :mod:`visionzoo._env`."""
     if shutil.which("ninja") is None:
         try:
             import ninja
@@ -53,7 +57,7 @@ def _ensure_ninja() -> None:
 
 
 def _module():
-    """The compiled module, or ``None`` (the reason is kept for :func:`unavailable`)."""
+    """The compiled module, or ``None`` (the reason is kept for :func:`cpu_ext_unavailable`)."""
     if "module" in _state or "error" in _state:
         return _state.get("module")
     with _lock:
@@ -76,8 +80,13 @@ def _module():
         return _state.get("module")
 
 
-def unavailable() -> str | None:
-    """Why the kernels cannot run here (builds them on the first call), ``None`` if they can."""
+def cpu_ext_unavailable(*tensors: torch.Tensor) -> str | None:
+    """Why the kernels cannot take these tensors (they need float32 CPU tensors) or cannot run here
+    at all (no tensors given), ``None`` if they can. Builds the kernels on the first call that gets
+    this far."""
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            return f"the C++ CPU kernels take float32 CPU tensors, got {t.dtype} on {t.device.type}"
     return None if _module() is not None else _state["error"]
 
 
@@ -86,11 +95,6 @@ def _built():
     if module is None:
         raise RuntimeError(f"visionzoo's C++ CPU kernels are unavailable: {_state['error']}")
     return module
-
-
-def can_run(*tensors: torch.Tensor) -> bool:
-    """The kernels take these tensors: float32 on the CPU, and the module is built."""
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and _module() is not None
 
 
 def attn_bwd(dout, q, k, v, out, lse, mask, scale: float, block: int = 64, q_rows=None, kv_rows=None,

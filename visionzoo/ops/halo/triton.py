@@ -1,16 +1,16 @@
 """Triton backend of :func:`visionzoo.ops.halo.halo_attn`: launchers and ``torch.library`` ops.
 
 Kernels: :mod:`.triton_kernels`. Ops: ``visionzoo::halo_fwd(q, k, v, eh?, ew?, bq, block, halo,
-scale) -> (out, lse)`` and ``visionzoo::halo_bwd(...) -> (dq, dk, dv, deh, dew)``, registered like
-``na2d``'s (``custom_op`` with fake kernels and ``register_autograd``), so ``torch.compile`` traces
-them as opaque nodes and ``opcheck`` passes. Inputs are the zero-padded maps and bias tables
+scale) -> (out, lse)`` and ``visionzoo::halo_bwd(dout, q, k, v, eh?, ew?, out, lse, ...) -> (dq, dk, dv,
+deh, dew)``, registered by :func:`visionzoo.ops._triton.register_attention_op`, so ``torch.compile``
+traces them as opaque nodes and ``opcheck`` passes. Inputs are the zero-padded maps and bias tables
 prepared by ``halo_attn``. fp32 / fp16 / bf16 with fp32 accumulation; head dims <= 256.
 """
 from typing import Optional
 
 import torch
 
-from ..neighborhood.triton import _LOG2E, _empty, _pow2, _precision
+from .._triton import _LOG2E, _empty, _pow2, _precision, register_attention_op
 from . import triton_kernels as _k
 
 __all__ = ["halo_triton", "halo_forward", "halo_backward"]
@@ -84,48 +84,9 @@ def halo_backward(dout, q, k, v, eh, ew, out, lse, bq, block, halo, scale):
     return dq, dk.to(k.dtype), dv.to(v.dtype), deh, dew
 
 
-@torch.library.custom_op("visionzoo::halo_fwd", mutates_args=(),
-                         schema="(Tensor q, Tensor k, Tensor v, Tensor? eh, Tensor? ew, int bq, int block, int halo, "
-                                "float scale) -> (Tensor, Tensor)")
-def _halo_fwd_op(q, k, v, eh, ew, bq, block, halo, scale):
-    return halo_forward(q, k, v, eh, ew, bq, block, halo, scale)
-
-
-@_halo_fwd_op.register_fake
-def _(q, k, v, eh, ew, bq, block, halo, scale):
-    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
-
-
-@torch.library.custom_op("visionzoo::halo_bwd", mutates_args=(),
-                         schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? eh, Tensor? ew, Tensor out, "
-                                "Tensor lse, int bq, int block, int halo, float scale) "
-                                "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _halo_bwd_op(dout, q, k, v, eh, ew, out, lse, bq, block, halo, scale):
-    return halo_backward(dout, q, k, v, eh, ew, out, lse, bq, block, halo, scale)
-
-
-@_halo_bwd_op.register_fake
-def _(dout, q, k, v, eh, ew, out, lse, bq, block, halo, scale):
-    deh = q.new_empty((0,), dtype=torch.float32) if eh is None else eh.new_empty(eh.shape)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), deh, deh.new_empty(deh.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, eh, ew, bq, block, halo, scale = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, eh, ew, out, lse)
-    ctx.geometry = (bq, block, halo, scale)
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, eh, ew, out, lse = ctx.saved_tensors
-    dq, dk, dv, deh, dew = torch.ops.visionzoo.halo_bwd(dout, q, k, v, eh, ew, out, lse, *ctx.geometry)
-    has_bias = eh is not None
-    return dq, dk, dv, (deh if has_bias else None), (dew if has_bias else None), None, None, None, None
-
-
-_halo_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_halo_fwd_op = register_attention_op(
+    "halo", "Tensor q, Tensor k, Tensor v, Tensor? eh, Tensor? ew", "int bq, int block, int halo, float scale",
+    n_grads=5, forward=halo_forward, backward=halo_backward)
 
 
 def halo_triton(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, eh: Optional[torch.Tensor],

@@ -20,9 +20,7 @@ Known limits: atomics make dK/dV/d(bias) summation order non-deterministic; a bl
 import triton
 import triton.language as tl
 
-from ..neighborhood.triton_kernels import _mma, _online_softmax_step
-
-_LOG2E = tl.constexpr(1.4426950408889634)
+from .._triton import _LOG2E_JIT as _LOG2E, _mma, _online_softmax_step
 
 
 @triton.jit

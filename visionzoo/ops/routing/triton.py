@@ -1,8 +1,8 @@
 """Triton backend of :func:`visionzoo.ops.routing.bra`: launchers and ``torch.library`` ops.
 
 Kernels: :mod:`.triton_kernels`. Ops: ``visionzoo::bra_fwd(q, k, v, idx, n_win, scale, valid) ->
-(out, lse)`` and ``visionzoo::bra_bwd(...) -> (dq, dk, dv)``, registered like ``na2d``'s
-(``custom_op`` + fake kernels + ``register_autograd``; the routing indices are an input, not
+(out, lse)`` and ``visionzoo::bra_bwd(dout, q, k, v, idx, out, lse, ...) -> (dq, dk, dv)``, registered by
+:func:`visionzoo.ops._triton.register_attention_op` (the routing indices are an input, not
 differentiated), so ``torch.compile`` traces them and ``opcheck`` passes. fp32 / fp16 / bf16 with
 fp32 accumulation; head dims <= 256.
 """
@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import triton
 
-from ..neighborhood.triton import _LOG2E, _empty, _pow2, _precision
+from .._triton import _LOG2E, _empty, _pow2, _precision, register_attention_op
 from . import triton_kernels as _k
 
 __all__ = ["bra_triton", "bra_forward", "bra_backward"]
@@ -70,45 +70,9 @@ def bra_backward(dout, q, k, v, idx, out, lse, n_win, scale, valid):
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
-@torch.library.custom_op("visionzoo::bra_fwd", mutates_args=(),
-                         schema="(Tensor q, Tensor k, Tensor v, Tensor idx, int n_win, float scale, int[] valid) "
-                                "-> (Tensor, Tensor)")
-def _bra_fwd_op(q, k, v, idx, n_win, scale, valid):
-    return bra_forward(q, k, v, idx, n_win, scale, valid)
-
-
-@_bra_fwd_op.register_fake
-def _(q, k, v, idx, n_win, scale, valid):
-    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
-
-
-@torch.library.custom_op("visionzoo::bra_bwd", mutates_args=(),
-                         schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor idx, Tensor out, Tensor lse, "
-                                "int n_win, float scale, int[] valid) -> (Tensor, Tensor, Tensor)")
-def _bra_bwd_op(dout, q, k, v, idx, out, lse, n_win, scale, valid):
-    return bra_backward(dout, q, k, v, idx, out, lse, n_win, scale, valid)
-
-
-@_bra_bwd_op.register_fake
-def _(dout, q, k, v, idx, out, lse, n_win, scale, valid):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, idx, n_win, scale, valid = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, idx, out, lse)
-    ctx.geometry = (n_win, scale, valid)
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, idx, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.visionzoo.bra_bwd(dout, q, k, v, idx, out, lse, *ctx.geometry)
-    return dq, dk, dv, None, None, None, None
-
-
-_bra_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_bra_fwd_op = register_attention_op(
+    "bra", "Tensor q, Tensor k, Tensor v, Tensor idx", "int n_win, float scale, int[] valid",
+    n_grads=3, forward=bra_forward, backward=bra_backward)
 
 
 def bra_triton(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, idx: torch.Tensor, n_win: int, scale: float,

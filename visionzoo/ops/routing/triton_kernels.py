@@ -18,7 +18,7 @@ non-deterministic; no autotuning.
 import triton
 import triton.language as tl
 
-from ..neighborhood.triton_kernels import _mma, _online_softmax_step
+from .._triton import _mma, _online_softmax_step
 
 
 @triton.jit
