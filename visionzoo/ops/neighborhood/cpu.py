@@ -321,7 +321,8 @@ def _scatter_keys(y: torch.Tensor, plan: _Plan, shape) -> torch.Tensor:
     if plan.identity or plan.cells is not None:  # halos are disjoint: a permutation back
         return _untile(y, plan, shape)
     flat, phys = _physical(y, plan)
-    if _cpu.can_run(y):  # grouped by head (disjoint map rows): parallel, no atomics, no per-element index
+    # grouped by head (disjoint map rows): parallel, no atomics, no per-element index
+    if _cpu.cpu_ext_unavailable(y) is None:
         idx = plan.row_index("k", shape[2] * shape[3], shape[3], 1)  # rows of a contiguous map
         out = _cpu.scatter_add_rows(flat, phys.view(plan.heads, -1), idx.view(plan.heads, -1),
                                     shape[1] * shape[2] * shape[3])
@@ -369,7 +370,7 @@ class _NA2dTiled(torch.autograd.Function):
         plan, scale, shapes = ctx.plan, ctx.scale, ctx.shapes
         mask = plan.mask if rpb is None else _bias(plan, rpb.detach())
         rpb_grad = rpb is not None and ctx.needs_input_grad[3]
-        kernel = _cpu.can_run(qt, kt, vt, out_t, dout)
+        kernel = _cpu.cpu_ext_unavailable(qt, kt, vt, out_t, dout) is None
         dout_t = None
         if rpb_grad or not kernel:
             dout_t = _tiles(_aligned(dout), "q", plan)

@@ -25,23 +25,13 @@ from typing import Optional
 import torch
 import triton
 
-from ... import _env
+from .._triton import _LOG2E, _empty, _pow2, _precision
 from . import triton_kernels as _k
 
 __all__ = ["na2d_triton", "na2d_forward", "na2d_backward"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_HEAD_DIM = 256
-_LOG2E = 1.4426950408889634
-
-
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """Every kernel output is allocated here; tests patch it to fill with NaN."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _pow2(n) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
 
 
 def _tile(nh: int, nw: int, target: int) -> tuple[int, int]:
@@ -82,14 +72,6 @@ def _grid(groups, dilation, tile, batch_heads):
     empty), times batch * heads."""
     tiles = triton.cdiv(groups[0], tile[0]), triton.cdiv(groups[1], tile[1])
     return (dilation[0] * tiles[0] * dilation[1] * tiles[1], batch_heads), tiles
-
-
-def _precision(dtype) -> str:
-    if dtype == torch.float32:
-        return "tf32x3"  # three TF32 MMAs: about fp32 accuracy at tensor-core speed
-    if dtype == torch.bfloat16 and _env.triton_interpret():
-        return "upcast"  # see _k._mma
-    return "tf32"  # unused for fp16/bf16 operands
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:

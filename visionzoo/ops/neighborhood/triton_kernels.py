@@ -26,6 +26,8 @@ for strided windows); no Hopper-specific paths (TMA, warp specialisation); no do
 import triton
 import triton.language as tl
 
+from .._triton import _mma
+
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 
@@ -70,30 +72,6 @@ def _inverse_union(r0, n_g, k_g, KS: tl.constexpr, ST: tl.constexpr, TILE: tl.co
     lo = tl.min(tl.where(hit, p, n_g), 0)
     hi = tl.max(tl.where(hit, p + 1, 0), 0)
     return lo, tl.maximum(hi, lo)
-
-
-@triton.jit
-def _mma(a, b, PRECISION: tl.constexpr):
-    """``a @ b`` with fp32 accumulation. ``"upcast"`` serves the interpreter only: it stores bf16 as
-    uint16 and its ``tl.dot`` multiplies the bit patterns (triton-lang/triton#11584, "not supported
-    yet" in 3.8). fp32 operands give the same result, as bf16 products are exact in fp32. The
-    kernels do no other bf16 arithmetic (only loads, casts and stores), which the interpreter handles."""
-    if PRECISION == "upcast":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
-def _online_softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
-    """One flash-attention-2 update with base-2 logits ``s`` (``-inf`` = masked) and values ``v``:
-    returns the new running max, normaliser and accumulator. Rows with no key yet keep max
-    ``-inf`` and are rescaled by 0, not NaN."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
-    return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + _mma(p.to(v.dtype), v, PRECISION)
 
 
 @triton.jit
