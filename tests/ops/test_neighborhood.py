@@ -26,16 +26,27 @@ def _window(i: int, n: int, k: int, d: int, s: int) -> tuple[list[int], list[int
     return [x * d + g for x in pos], [x - p + k - 1 for x in pos]
 
 
-def _dense_oracle(q, k, v, kernel, dilation, stride, rpb, scale, valid=None):
-    """Full ``HW x HW`` masked attention in float64 with the bias placed from :func:`_window`;
-    keys outside the ``valid`` top-left rectangle are padding."""
+def _cell(i: int, n: int, p: int, s: int) -> tuple[list[int], list[int]]:
+    """Keys and RPB indices of query ``i`` in Swin's shifted windows, restated with plain integers: the
+    axis is cut at ``s, s + p, s + 2p, ...``; a query sees the keys between its two cuts."""
+    cuts = [0] + list(range(s if s else p, n, p)) + [n]
+    lo = max(c for c in cuts if c <= i)
+    hi = min(c for c in cuts if c > i)
+    return list(range(lo, hi)), [j - i + p - 1 for j in range(lo, hi)]
+
+
+def _dense_oracle(q, k, v, kernel, dilation, stride, rpb, scale, valid=None, shift=None):
+    """Full ``HW x HW`` masked attention in float64 with the bias placed from :func:`_window` (or
+    :func:`_cell` with ``shift``); keys outside the ``valid`` top-left rectangle are padding."""
     b, h, w, heads, _ = q.shape
     vh, vw = valid or (h, w)
     bias = torch.full((heads, h * w, h * w), float("-inf"), dtype=torch.float64)
     for y in range(h):
-        ky, ry = _window(y, h, kernel[0], dilation[0], stride[0])
+        ky, ry = (_window(y, h, kernel[0], dilation[0], stride[0]) if shift is None
+                  else _cell(y, h, kernel[0], shift[0]))
         for x in range(w):
-            kx, rx = _window(x, w, kernel[1], dilation[1], stride[1])
+            kx, rx = (_window(x, w, kernel[1], dilation[1], stride[1]) if shift is None
+                      else _cell(x, w, kernel[1], shift[1]))
             for a, rya in zip(ky, ry):
                 for c, rxc in zip(kx, rx):
                     if a >= vh or c >= vw:
@@ -291,3 +302,142 @@ def test_na1d_argument_errors():
         q = torch.randn(1, 9, 2, 4)
         na1d(q, q, q, 3, rpb=torch.randn(2, 3))
 
+
+
+# ------------------------------------------------------------- shifted windows (Swin) and padding
+# (H, W, kernel, shift, valid): odd sizes, maps smaller than the window, shift on one axis only,
+# rectangular windows, a caller-padded map
+SHIFTED = [
+    (14, 14, (7, 7), (3, 3), None),
+    (13, 9, (4, 3), (1, 2), None),
+    (3, 5, (7, 7), (3, 0), None),       # map smaller than the window
+    (11, 10, (5, 4), (0, 2), None),     # shift on one axis only
+    (9, 13, (4, 4), (2, 3), (7, 12)),   # and a caller's padding
+    (16, 15, (7, 5), (6, 1), None),
+]
+
+
+@pytest.mark.parametrize("case", SHIFTED, ids=str)
+def test_shifted_reference_matches_dense_oracle(case):
+    """The reference's shifted cells (direct) and the front door's (padded map, masked, cropped) are
+    Swin's windows restated with plain integers."""
+    h, w, kernel, shift, valid = case
+    q, k, v, rpb = _inputs(2, h, w, 2, 4, dv=3, kernel=kernel)
+    want = _dense_oracle(q, k, v, kernel, (1, 1), kernel, rpb, 0.4, valid, shift)
+    direct = na2d_reference(q, k, v, kernel, (1, 1), kernel, rpb, 0.4, valid, shift)
+    assert_close(direct, want, what=f"reference.na2d_reference shift {case}")
+    front = na2d(q, k, v, kernel, stride=kernel, rpb=rpb, scale=0.4, backend="reference", valid=valid, shift=shift)
+    assert_close(front, want, what=f"na2d(backend='reference') shift {case}")
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_pair(case, dtype, backend="cpu"):
+    """The spec (``na2d_reference`` with cells, float64) and ``na2d(shift=...)`` on ``backend``."""
+    h, w, kernel, shift, valid = case
+    q, k, v, rpb = _inputs(2, h, w, 3, 8, kernel=kernel, dtype=dtype, seed=5)
+    grad = torch.randn(2, h, w, 3, 8, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    ins = [t.detach().double().requires_grad_(True) for t in (q, k, v, rpb)]
+    out = na2d_reference(*ins[:3], kernel, (1, 1), kernel, ins[3], 0.3, valid, shift)
+    out.backward(grad.double())
+    ref = dict(zip(GRADS, [out.detach()] + [t.grad for t in ins]))
+    ins = [t.detach().requires_grad_(True) for t in (q, k, v, rpb)]
+    out = na2d(*ins[:3], kernel, stride=kernel, rpb=ins[3], scale=0.3, backend=backend, valid=valid, shift=shift)
+    out.backward(grad)
+    return ref, dict(zip(GRADS, [out.detach()] + [t.grad for t in ins]))
+
+
+@pytest.mark.parametrize("what", GRADS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", SHIFTED, ids=str)
+def test_cpu_shifted_matches_reference(case, dtype, what):
+    ref, got = _shift_pair(case, dtype)
+    assert_close(got[what], ref[what], kind="out" if what == "out" else "grad", what=f"cpu shift {what} {case}")
+
+
+def test_cpu_shifted_takes_the_partition_path():
+    """A shifted 56 x 56 map is padded to 63 x 63 (4 rows / columns of padding at the top / left, 3 at the
+    bottom / right): the cpu backend runs it as a masked partition (no index tables)."""
+    from visionzoo.ops.neighborhood import _layout, cpu
+    layout = _layout((56, 56), None, (3, 3), False, (7, 7), (1, 1), (7, 7))
+    assert layout.before == (4, 4) and layout.size == (63, 63) and layout.region == (4, 4, 60, 60)
+    plan = cpu._plan_for(63, 63, 2, (7, 7), (1, 1), (7, 7), torch.device("cpu"), torch.float32, layout.region)
+    assert plan.cells == (9, 7, 1, 9, 7, 1) and plan.mask is not None
+    q, k, v, _ = _inputs(1, 56, 56, 2, 8, rpb=False, dtype=torch.float32)  # shared mask, no bias
+    assert_close(na2d(q, k, v, 7, stride=7, shift=3, backend="cpu"),
+                 na2d_reference(q, k, v, (7, 7), (1, 1), (7, 7), None, 8 ** -0.5, shift=(3, 3)), what="no rpb")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("h,w,p,grid", [(10, 7, 4, False), (13, 11, 5, False), (10, 7, 4, True), (23, 9, 7, True)])
+def test_pad_equals_caller_padding(backend, h, w, p, grid):
+    """``pad=True`` is the caller's old bottom/right zero padding + ``valid`` + crop (MaxViT's block and
+    grid attention), outputs and gradients bit for bit."""
+    q, k, v, rpb = _inputs(2, h, w, 2, 8, kernel=(p, p), dtype=torch.float32, seed=7)
+    hp, wp = -(-h // p) * p, -(-w // p) * p
+    dil = (hp // p, wp // p) if grid else (1, 1)
+    outs, grads = [], []
+    for mine in (True, False):
+        ins = [t.detach().requires_grad_(True) for t in (q, k, v, rpb)]
+        if mine:
+            out = na2d(*ins[:3], p, dil, p, rpb=ins[3], backend=backend, pad=True)
+        else:
+            padded = [torch.nn.functional.pad(t, (0, 0, 0, 0, 0, wp - w, 0, hp - h)) for t in ins[:3]]
+            out = na2d(*padded, p, dil, 1 if grid else p, rpb=ins[3], backend=backend, valid=(h, w))[:, :h, :w]
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([t.grad for t in ins])
+    assert torch.equal(outs[0], outs[1])
+    for a, b in zip(*grads):
+        assert_close(a, b, kind="grad", what=f"pad {backend} {(h, w, p, grid)}")
+
+
+def test_pad_with_shift_zero_is_clipped_blocks():
+    """``pad=True`` (shift 0) clips the last window at the border; the default shifts it inward (NATTEN)."""
+    q, k, v, rpb = _inputs(1, 10, 9, 2, 4, kernel=(4, 4))
+    clipped = na2d(q, k, v, 4, stride=4, rpb=rpb, backend="reference", pad=True)
+    assert_close(clipped, _dense_oracle(q, k, v, (4, 4), (1, 1), (4, 4), rpb, 0.5, shift=(0, 0)), what="pad")
+    natten = na2d(q, k, v, 4, stride=4, rpb=rpb, backend="reference")
+    assert not torch.allclose(natten, clipped)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_na1d_shift(backend):
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 17, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(2, 9, generator=g, dtype=torch.float64)
+    got = na1d(q, k, v, 5, stride=5, shift=2, rpb=rpb, backend=backend)
+    want = na2d(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), (1, 5), stride=(1, 5), shift=(0, 2),
+                rpb=rpb.unsqueeze(1), backend="reference").squeeze(1)
+    assert_close(got, want, what=f"na1d shift {backend}")
+
+
+def test_swin_rpb_conversion():
+    """timm's Swin table (query minus key) lands where na2d (key minus query) reads it, round trip exact."""
+    from timm.models.swin_transformer import get_relative_position_index
+
+    from visionzoo.ops.neighborhood import na_rpb_to_swin, swin_rpb_to_na
+    wh, ww = 3, 4
+    table = torch.randn((2 * wh - 1) * (2 * ww - 1), 5)
+    rpb = swin_rpb_to_na(table, (wh, ww))
+    assert rpb.shape == (5, 2 * wh - 1, 2 * ww - 1)
+    swin_bias = table[get_relative_position_index(wh, ww).view(-1)].view(wh * ww, wh * ww, 5)  # [query, key, head]
+    for qi in range(wh * ww):
+        for ki in range(wh * ww):
+            dr, dc = ki // ww - qi // ww, ki % ww - qi % ww
+            assert torch.equal(rpb[:, dr + wh - 1, dc + ww - 1], swin_bias[qi, ki])
+    assert torch.equal(na_rpb_to_swin(rpb), table)
+    with pytest.raises(ValueError, match=r"a Swin table for window \(3, 3\) has"):
+        swin_rpb_to_na(table, 3)
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(shift=3, stride=3), r"shift 3 must be in \[0, kernel_size\)"),
+    (dict(shift=-1), r"shift -1 must be in \[0, kernel_size\)"),
+    (dict(shift=1), r"shift 1 needs stride == kernel_size and dilation 1"),
+    (dict(shift=(0, 1), stride=3, dilation=(1, 2)), r"shift \(0, 1\) needs stride == kernel_size"),
+    (dict(shift=(1, 1, 1), stride=3), r"shift must be an int or a sequence of 2 ints"),
+    (dict(pad=True, dilation=(9, 1)), r"on axis 0 some windows .* hold only padding"),
+])
+def test_shift_and_pad_argument_errors(over, match):
+    with pytest.raises(ValueError, match=match):
+        na2d(**_ok(**over))

@@ -4,11 +4,11 @@ Both partitions are special cases of :func:`visionzoo.ops.neighborhood.na2d` (Ge
 Neighborhood Attention), so there is no second copy of attention code:
 
 * block attention, windows of ``P x P`` tokens: ``kernel_size=P, stride=P``;
-* grid attention, a ``P x P`` grid of windows whose tokens are ``n / P`` apart:
-  ``kernel_size=P, dilation=n // P`` (each dilation group is exactly one grid window).
+* grid attention, a ``P x P`` grid of windows whose tokens are ``ceil(n / P)`` apart:
+  ``kernel_size=P, stride=P, dilation=ceil(n / P)`` (each dilation group is exactly one grid window).
 
-Maps that are not multiples of ``P`` are zero-padded at the bottom/right and the padding keys
-are masked (``na2d(valid=...)``), so padded tokens never change the real ones. The relative
+Maps that are not multiples of ``P`` are zero-padded at the bottom/right by ``na2d(pad=True)``, which
+masks the padding keys and crops the output, so padded tokens never change the real ones. The relative
 position bias ``[heads, 2P-1, 2P-1]`` is indexed by key-minus-query offset, which is both the
 TF MaxViT (timm ``RelPosBiasTf``) and the old-NATTEN layout; a checkpoint with another ``P`` is
 resized on load (:func:`resize_rel_pos_table`). qkv is the usual ``[3, heads, head_dim]``
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import register_notrace_module, resize_rel_pos_bias_table
 
 from ..ops.neighborhood import na2d
@@ -57,20 +56,11 @@ class PartitionAttn2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         p = self.partition_size
-        hp, wp = -(-H // p) * p, -(-W // p) * p
-        if (hp, wp) != (H, W):
-            x = F.pad(x, (0, 0, 0, wp - W, 0, hp - H))
-        q, k, v = fused_eval.linear(self, self.qkv, x).view(B, hp, wp, 3, self.num_heads, self.head_dim).unbind(3)
-        if self.partition == "block":
-            geometry = dict(stride=p)
-        else:
-            geometry = dict(dilation=(hp // p, wp // p))
-        out = na2d(q, k, v, p, rpb=self.rel_pos.table, scale=self.head_dim ** -0.5, backend=self.backend,
-                   valid=(H, W) if (hp, wp) != (H, W) else None, **geometry)
-        out = out.reshape(B, hp, wp, C)
-        if (hp, wp) != (H, W):
-            out = out[:, :H, :W]
-        return self.proj_drop(fused_eval.linear(self, self.proj, out))
+        q, k, v = fused_eval.linear(self, self.qkv, x).view(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
+        dilation = 1 if self.partition == "block" else (-(-H // p), -(-W // p))
+        out = na2d(q, k, v, p, dilation, stride=p, rpb=self.rel_pos.table, scale=self.head_dim ** -0.5,
+                   backend=self.backend, pad=True)
+        return self.proj_drop(fused_eval.linear(self, self.proj, out.reshape(B, H, W, C)))
 
     def extra_repr(self) -> str:
         return f"{self.partition}, size={self.partition_size}, heads={self.num_heads}, backend={self.backend or 'auto'}"

@@ -13,7 +13,8 @@ Algorithm (per axis, then combined as an outer product of the two axes):
 3. Key halos. A tile's queries see the union of their windows (``axis_tables`` of the reference
    gives each window), at most ``L`` consecutive positions; the halo is the ``L`` positions from
    the first window's start, shifted inward at the group's end. Slots past a short group's end
-   are masked, and so are keys in the zero padding of a map with a ``valid`` size.
+   are masked, and so are keys in the zero padding of a map with a ``valid`` region (the front
+   door pads for shifted windows on every side, for whole windows at the bottom/right).
 4. One attention call. Queries ``[B, heads * tiles, t_h * t_w, D]`` and halo keys/values
    ``[B, heads * tiles, L_h * L_w, D]`` are gathered with a single ``index_select`` each from the
    ``[B, H * W * heads, D]`` rows of the input (a (token, head) row index, so no permute copy),
@@ -61,7 +62,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _cpu
-from .reference import axis_tables
+from .reference import as_region, axis_tables
 
 __all__ = ["na2d_cpu"]
 
@@ -89,7 +90,9 @@ class _Axis:
     row: torch.Tensor  # [n] row of each coordinate inside its canonical tile
 
 
-def _axis_plan(n: int, kernel: int, dilation: int, stride: int, t: int, n_valid: int | None = None) -> _Axis:
+def _axis_plan(n: int, kernel: int, dilation: int, stride: int, t: int,
+               real: tuple[int, int] | None = None) -> _Axis:
+    """``real``: ``(lo, hi)``, the coordinates of real keys on a zero-padded axis (the rest is masked)."""
     idx, _, valid = axis_tables(n, kernel, dilation, stride)
     groups, longest = min(dilation, n), -(-n // dilation)
     t = min(t, longest)
@@ -108,8 +111,8 @@ def _axis_plan(n: int, kernel: int, dilation: int, stride: int, t: int, n_valid:
     k = torch.minimum(k_pos, n_g[:, None, None] - 1) * dilation + g[:, None, None]
     kp = k_pos[:, :, None, :]
     allow = (kp >= first[..., None]) & (kp < last[..., None]) & inside[:, :, None, :]
-    if n_valid is not None:  # keys in the zero padding
-        allow &= (k < n_valid)[:, :, None, :]
+    if real is not None:  # keys in the zero padding
+        allow &= ((k >= real[0]) & (k < real[1]))[:, :, None, :]
     rel = torch.where(allow, kp - q_pos[..., None] + kernel - 1, 0)
     coord = torch.arange(n)
     gc, pc = coord % dilation, coord // dilation
@@ -208,7 +211,7 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _plan(h, w, heads, kernel, dilation, stride, tile, device, dtype, valid=None) -> _Plan:
-    vh, vw = (None, None) if valid is None else valid
+    vh, vw = (None, None) if valid is None else ((valid[0], valid[2]), (valid[1], valid[3]))
     ah = _axis_plan(h, kernel[0], dilation[0], stride[0], tile[0], vh)
     aw = _axis_plan(w, kernel[1], dilation[1], stride[1], tile[1], vw)
     gh, th, lqh = ah.q.shape
@@ -306,7 +309,9 @@ def _untile(y: torch.Tensor, plan: _Plan, shape) -> torch.Tensor:
         return y.transpose(1, 2).reshape(shape)
     if plan.cells is not None:  # the inverse permutation of _tiles
         th, lh, dh, tw, lw, dw = plan.cells
-        cells = y.unflatten(2, (lh, lw)).unflatten(1, (plan.heads, dh, th, dw, tw))
+        # [B, heads, X, Lq, C] from either SDPA shape: [B, heads * X, ...] or (shared mask) [B * heads, X, ...]
+        y = y.unflatten(0, (shape[0], plan.heads)) if y.shape[0] != shape[0] else y.unflatten(1, (plan.heads, -1))
+        cells = y.unflatten(3, (lh, lw)).unflatten(2, (dh, th, dw, tw))
         return cells.permute(0, 3, 6, 2, 5, 7, 4, 1, 8).reshape(shape)
     flat, phys = _physical(y, plan)
     slots = plan.cache.get("out")
@@ -488,10 +493,11 @@ def _plan_for(h, w, heads, kernel, dilation, stride, device, dtype, valid) -> _P
 
 def na2d_cpu(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None):
     """``[B, H, W, heads, D]`` in, ``[B, H, W, heads, Dv]`` out; arguments already validated.
-    ``valid``: real ``(Hv, Wv)`` of a zero-padded map, its padding keys are masked (see ``na2d``)."""
+    ``valid``: the real keys of a zero-padded map, ``(Hv, Wv)`` or ``(H0, W0, H1, W1)``; its padding
+    keys are masked (see ``na2d``)."""
     _, h, w, heads, _ = q.shape
     plan = _plan_for(h, w, heads, tuple(kernel_size), tuple(dilation), tuple(stride), q.device, q.dtype,
-                     None if valid is None else tuple(valid))
+                     as_region(valid))
     q, k, v = _aligned(q), _aligned(k), _aligned(v)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
                                     or (rpb is not None and rpb.requires_grad)):

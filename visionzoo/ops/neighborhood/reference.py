@@ -9,7 +9,16 @@ Per axis of length ``n`` with kernel ``k``, dilation ``d`` and stride ``s`` (que
 * window start ``w = clamp(l - k // 2, 0, n_g - k_g)``; neighbours ``(w + j) * d + g`` for ``j < k_g``;
 * relative-position-bias index ``(w + j) - p + (k - 1)`` in ``[0, 2k - 2]`` (NATTEN <= 0.17 layout);
 * with ``valid = (Hv, Wv)`` (a zero-padded map) keys at row ``>= Hv`` or column ``>= Wv`` are masked;
-  windows are placed on the padded map all the same.
+  with ``valid = (H0, W0, H1, W1)`` keys outside rows ``[H0, H1)`` x columns ``[W0, W1)`` are masked
+  (a map padded on every side); windows are placed on the padded map all the same.
+
+Shifted windows (Swin), ``shift = s`` with ``0 <= s < P = kernel == stride`` and ``d = 1`` on the axis:
+the axis is cut into cells at ``s + c * P`` (clipped to ``[0, n)``): ``[0, s), [s, s + P), ..., [last, n)``.
+Query ``i`` lies in cell ``c = floor((i - s) / P)`` and attends to exactly the keys
+``j in [max(0, s + c P), min(n, s + c P + P))``, with relative-position-bias index ``j - i + (P - 1)``
+(key minus query, as above). On a map that is a multiple of ``P`` this is Swin's cyclic shift by
+``-s`` + window partition + region mask; with ``s = 0`` it is blocked attention whose last window is
+clipped at the border (instead of shifted inward).
 
 This file gathers every window explicitly (k-fold memory): obviously correct, not fast.
 """
@@ -17,18 +26,34 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["axis_tables", "na2d_reference"]
+__all__ = ["as_region", "axis_tables", "na2d_reference"]
 
 
-def axis_tables(n: int, kernel: int, dilation: int, stride: int, device=None):
-    """Neighbour table of one axis.
+def as_region(valid) -> tuple[int, int, int, int] | None:
+    """A backend's ``valid`` argument as ``(H0, W0, H1, W1)``: ``(Hv, Wv)`` means ``(0, 0, Hv, Wv)``."""
+    if valid is None:
+        return None
+    return (0, 0, *valid) if len(valid) == 2 else tuple(valid)
+
+
+def axis_tables(n: int, kernel: int, dilation: int, stride: int, device=None, shift: int | None = None):
+    """Neighbour table of one axis; ``shift`` (not None) places Swin's shifted cells instead of NATTEN's
+    windows (``stride == kernel`` and ``dilation == 1`` required).
 
     Returns:
         idx: ``[n, kernel]`` long, key index of each window slot (0 where the slot is unused).
         rel: ``[n, kernel]`` long, RPB index of each slot.
-        valid: ``[n, kernel]`` bool, slot used (False only where the group is shorter than ``kernel``).
+        valid: ``[n, kernel]`` bool, slot used (False where the group or cell is shorter than ``kernel``).
     """
     i = torch.arange(n, device=device)
+    if shift is not None:
+        if stride != kernel or dilation != 1:
+            raise ValueError(f"shifted cells need stride == kernel and dilation 1, got kernel {kernel}, "
+                             f"stride {stride}, dilation {dilation}")
+        pos = ((i - shift).div(kernel, rounding_mode="floor") * kernel + shift)[:, None] + torch.arange(
+            kernel, device=device)[None, :]
+        valid = (pos >= 0) & (pos < n)
+        return torch.where(valid, pos, 0), pos - i[:, None] + (kernel - 1), valid
     g = i % dilation
     p = i // dilation
     n_g = (n - g + dilation - 1) // dilation
@@ -44,11 +69,15 @@ def axis_tables(n: int, kernel: int, dilation: int, stride: int, device=None):
     return idx, rel, valid
 
 
-def na2d_reference(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None):
-    """``[B, H, W, heads, D]`` in, ``[B, H, W, heads, D]`` out; arguments already validated."""
+def na2d_reference(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None, shift=None):
+    """``[B, H, W, heads, D]`` in, ``[B, H, W, heads, D]`` out; arguments already validated.
+    ``valid``: ``(Hv, Wv)`` or ``(H0, W0, H1, W1)``, the real keys; ``shift``: ``(sh, sw)`` Swin cells
+    (``None`` per axis or overall: NATTEN windows). The front door :func:`~visionzoo.ops.neighborhood.na2d`
+    serves ``shift`` by padding (blocked attention on a padded map); this direct form is its spec."""
     _, H, W, heads, _ = q.shape
-    ih, rh, vh = axis_tables(H, kernel_size[0], dilation[0], stride[0], q.device)
-    iw, rw, vw = axis_tables(W, kernel_size[1], dilation[1], stride[1], q.device)
+    sh, sw = shift if shift is not None else (None, None)
+    ih, rh, vh = axis_tables(H, kernel_size[0], dilation[0], stride[0], q.device, sh)
+    iw, rw, vw = axis_tables(W, kernel_size[1], dilation[1], stride[1], q.device, sw)
     hh = ih[:, None, :, None]  # [H, 1, kh, 1]
     ww = iw[None, :, None, :]  # [1, W, 1, kw]
     k_nb = k[:, hh, ww]  # [B, H, W, kh, kw, heads, D]
@@ -57,7 +86,8 @@ def na2d_reference(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=Non
     if rpb is not None:
         logits = logits + rpb[:, rh[:, None, :, None], rw[None, :, None, :]].permute(1, 2, 0, 3, 4)
     if valid is not None:
-        vh, vw = vh & (ih < valid[0]), vw & (iw < valid[1])
+        h0, w0, h1, w1 = as_region(valid)
+        vh, vw = vh & (ih >= h0) & (ih < h1), vw & (iw >= w0) & (iw < w1)
     valid = vh[:, None, :, None] & vw[None, :, None, :]  # [H, W, kh, kw]
     logits = logits.masked_fill(~valid[:, :, None], float("-inf"))
     attn = logits.flatten(-2).softmax(-1).view_as(logits)

@@ -4,6 +4,7 @@ Algorithm: fused, tiled neighborhood attention (flash-attention 2 style online s
 union of a query tile's windows; key-centric dK/dV over the inverse neighbourhood); the
 kernels and their header live in :mod:`.triton_kernels`.
 Ops: ``visionzoo::na2d_fwd(q, k, v, rpb?, kernel_size, dilation, stride, scale, valid) -> (out, lse)``
+(``valid = [H0, W0, H1, W1]``: keys outside that rectangle are zero padding, masked)
 and ``visionzoo::na2d_bwd(...) -> (dq, dk, dv, drpb)``: ``torch.library.custom_op`` with
 explicit fake kernels and ``register_autograd`` on the forward (the backward saves q, k, v, out,
 lse and rpb), so ``torch.compile(fullgraph=True)`` traces them as opaque nodes and ``opcheck``
@@ -27,6 +28,7 @@ import triton
 
 from .._triton import _LOG2E, _empty, _pow2, _precision
 from . import triton_kernels as _k
+from .reference import as_region
 
 __all__ = ["na2d_triton", "na2d_forward", "na2d_backward"]
 
@@ -80,18 +82,19 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 def na2d_forward(q, k, v, rpb, kernel_size, dilation, stride, scale, valid=None):
     """Launch the fused forward; returns ``out [B, H, W, heads, Dv]`` and ``lse [B, H, W, heads]`` (fp32).
-    ``valid``: real ``(Hv, Wv)`` of a zero-padded map (padding keys masked), default the whole map."""
+    ``valid``: the real keys of a zero-padded map, ``(Hv, Wv)`` or ``(H0, W0, H1, W1)`` (padding keys
+    masked), default the whole map."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, H, W, heads, D = q.shape
     Dv = v.shape[-1]
     groups, ((q_tile, k_tile), _, _), consts = _plan(q, v, kernel_size, dilation, stride, rpb is not None)
+    real = as_region(valid) or (0, 0, H, W)
     out = _empty((B, H, W, heads, Dv), q.dtype, q.device)
     lse = _empty((B, H, W, heads), torch.float32, q.device)
     grid, tiles = _grid(groups, dilation, q_tile, B * heads)
     _k._na2d_fwd_kernel[grid](
         q, k, v, q if rpb is None else rpb.contiguous(), out, lse,
-        *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], H, W, heads, D, Dv, *(valid or (H, W)),
-        scale * _LOG2E, *tiles,
+        *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], H, W, heads, D, Dv, *real, scale * _LOG2E, *tiles,
         TQH=q_tile[0], TQW=q_tile[1], TKH=k_tile[0], TKW=k_tile[1], **consts)
     return out, lse
 
@@ -106,7 +109,7 @@ def na2d_backward(dout, q, k, v, out, lse, rpb, kernel_size, dilation, stride, s
     groups, (_, (q_tile, k_tile), (own_tile, step_tile)), consts = _plan(
         q, v, kernel_size, dilation, stride, rpb is not None)
     strides = (*q.stride()[:4], *k.stride()[:4], *v.stride()[:4])
-    real = tuple(valid or (H, W))
+    real = as_region(valid) or (0, 0, H, W)
     rpb_arg = q if rpb is None else rpb.contiguous()
 
     rows = B * H * W * heads
@@ -185,7 +188,7 @@ _na2d_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def na2d_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: tuple[int, int],
                 dilation: tuple[int, int], stride: tuple[int, int], rpb: Optional[torch.Tensor],
-                scale: float, valid: Optional[tuple[int, int]] = None) -> torch.Tensor:
+                scale: float, valid: Optional[tuple[int, ...]] = None) -> torch.Tensor:
     """``[B, H, W, heads, D]`` q/k and ``[B, H, W, heads, Dv]`` v in, ``[B, H, W, heads, Dv]`` out;
     arguments already validated by :func:`~visionzoo.ops.neighborhood.na2d`."""
     if q.dtype not in _DTYPES:
@@ -193,7 +196,7 @@ def na2d_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: 
     if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
         raise ValueError(f"na2d triton backend supports head dims <= {_MAX_HEAD_DIM}, got "
                          f"{q.shape[-1]} / {v.shape[-1]}")
-    real = list(valid) if valid is not None else [q.shape[1], q.shape[2]]
+    real = list(as_region(valid) or (0, 0, q.shape[1], q.shape[2]))
     out, _ = torch.ops.visionzoo.na2d_fwd(q, k, v, rpb, list(kernel_size), list(dilation), list(stride),
                                           float(scale), real)
     return out

@@ -120,11 +120,11 @@ def _in_window(r, c, wh, ww, kgh, kgw, ok):
 def _na2d_fwd_kernel(
     Q, K, V,  # [B, H, W, heads, D], [B, H, W, heads, D], [B, H, W, heads, DV]; last dim contiguous
     RPB,  # [heads, 2KH-1, 2KW-1] (any tensor when not HAS_RPB)
-    O,  # [B, H, W, heads, DV] contiguous
+    OUT,  # [B, H, W, heads, DV] contiguous
     LSE,  # [B, H, W, heads] fp32 contiguous: natural-log logsumexp of each query's logits
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     H, W, HEADS, D, DV,
-    VH, VW,  # real map size: keys at row >= VH or column >= VW are zero padding, masked
+    VH0, VW0, VH, VW,  # real keys: rows [VH0, VH) x columns [VW0, VW); the rest is zero padding, masked
     qk_scale,  # scale * log2(e)
     TILES_H, TILES_W,  # query tiles per dilation group along each axis
     KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -159,7 +159,7 @@ def _na2d_fwd_kernel(
             kt = tl.load(K + (b * skb + jh * skh + jw * skw + head * skn)[:, None] + offs_d[None, :],
                          mask=k_ok[:, None] & (offs_d < D)[None, :], other=0.0)
             win = _in_window(r[None, :], c[None, :], wh[:, None], ww[:, None], kgh, kgw,
-                             q_ok[:, None] & ((jh < VH) & (jw < VW))[None, :])
+                             q_ok[:, None] & ((jh >= VH0) & (jh < VH) & (jw >= VW0) & (jw < VW))[None, :])
             s, _ = _scores(q, tl.trans(kt), r[None, :] - ph[:, None], c[None, :] - pw[:, None], win, RPB, head,
                            qk_scale, KH, KW, HAS_RPB, PRECISION)
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -173,14 +173,14 @@ def _na2d_fwd_kernel(
 
     l_i = tl.where(l_i > 0, l_i, 1.0)  # padding rows only: every real query has >= 1 key
     row = ((b * H + ih) * W + iw) * HEADS + head
-    tl.store(O + row[:, None] * DV + offs_dv[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty),
+    tl.store(OUT + row[:, None] * DV + offs_dv[None, :], (acc / l_i[:, None]).to(OUT.dtype.element_ty),
              mask=q_ok[:, None] & (offs_dv < DV)[None, :])
     tl.store(LSE + row, (m_i + tl.log2(l_i)) * _LN2, mask=q_ok)
 
 
 @triton.jit
 def _na2d_bwd_delta_kernel(
-    O, DO,  # [rows, DV] contiguous
+    OUT, DO,  # [rows, DV] contiguous
     DELTA,  # [rows] fp32: rowsum(dO * O), the softmax-backward correction term
     ROWS, DV, BLOCK_R: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -188,7 +188,7 @@ def _na2d_bwd_delta_kernel(
     cols = tl.arange(0, BLOCK_DV)
     mask = (rows < ROWS)[:, None] & (cols < DV)[None, :]
     offs = rows.to(tl.int64)[:, None] * DV + cols[None, :]
-    o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(OUT + offs, mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < ROWS)
 
@@ -203,7 +203,7 @@ def _na2d_bwd_dq_kernel(
     DRPB,  # [B, heads, 2KH-1, 2KW-1] fp32 zero-initialised; one slab per batch element cuts atomic contention
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     H, W, HEADS, D, DV,
-    VH, VW,
+    VH0, VW0, VH, VW,
     qk_scale, scale,
     TILES_H, TILES_W,
     KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -243,7 +243,7 @@ def _na2d_bwd_dq_kernel(
             vt = tl.load(V + (b * svb + jh * svh + jw * svw + head * svn)[:, None] + offs_dv[None, :],
                          mask=k_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
             win = _in_window(r[None, :], c[None, :], wh[:, None], ww[:, None], kgh, kgw,
-                             q_ok[:, None] & ((jh < VH) & (jw < VW))[None, :])
+                             q_ok[:, None] & ((jh >= VH0) & (jh < VH) & (jw >= VW0) & (jw < VW))[None, :])
             s, rel = _scores(q, tl.trans(kt), r[None, :] - ph[:, None], c[None, :] - pw[:, None], win, RPB, head,
                              qk_scale, KH, KW, HAS_RPB, PRECISION)
             p = tl.exp2(s - lse2[:, None])
@@ -266,7 +266,7 @@ def _na2d_bwd_dkdv_kernel(
     DK, DV_,  # [B, H, W, heads, D], [B, H, W, heads, DV] contiguous
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     H, W, HEADS, D, DV,
-    VH, VW,
+    VH0, VW0, VH, VW,
     qk_scale, scale,
     TILES_H, TILES_W,  # key tiles (TKH x TKW, this program's) per dilation group along each axis
     KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -288,7 +288,7 @@ def _na2d_bwd_dkdv_kernel(
     k_ok = (r < ngh) & (c < ngw)
     jh = r * DH + gh
     jw = c * DW + gw
-    k_real = (jh < VH) & (jw < VW)
+    k_real = (jh >= VH0) & (jh < VH) & (jw >= VW0) & (jw < VW)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     kt = tl.load(K + (b * skb + jh * skh + jw * skw + head * skn)[:, None] + offs_d[None, :],
