@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 import visionzoo
 
-SMALL = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_width=8)
+SMALL = dict(depths=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_width=8)
 
 
 def test_list_models_and_families():
@@ -80,7 +80,8 @@ def test_checkpoint_then_features_only_and_new_head(tmp_path):
     src = visionzoo.create_model("eca_resnet18", **SMALL).eval()
     path = tmp_path / "w.pth"
     torch.save({"state_dict": src.state_dict()}, path)
-    feats = visionzoo.create_model("eca_resnet18", checkpoint_path=path, features_only=True, out_indices=(2, 3), **SMALL)
+    feats = visionzoo.create_model("eca_resnet18", checkpoint_path=path, features_only=True, out_indices=(2, 3),
+                                   **SMALL)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = src.forward_intermediates(x, indices=[2, 3], intermediates_only=True)

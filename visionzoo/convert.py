@@ -6,7 +6,8 @@
 * :func:`remap` is what every family's ``checkpoint_filter_fn`` calls: native visionzoo keys pass
   through unchanged (idempotent); otherwise each of the family's converters is tried and the one that
   produces exactly the model's keys wins; if none does, the error lists what is missing/unexpected.
-* :func:`from_official` builds the visionzoo model equivalent to an official constructor call.
+* :func:`from_official` builds the visionzoo model equivalent to an official constructor call; every
+  family's official-call translator starts with :func:`check_official_kwargs`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint_file", "unwrap_state_dict", "rename", "remap", "from_official"]
+__all__ = ["CheckpointError", "load_checkpoint_file", "unwrap_state_dict", "rename", "remap", "from_official",
+           "check_official_kwargs"]
 
 _WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -110,6 +112,27 @@ def remap(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module,
         report.append(f"{layout}: {len(missing)} missing (e.g. {sorted(missing)[:3]}), "
                       f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")
     raise CheckpointError(f"checkpoint keys match no known layout of {type(model).__name__}:\n  " + "\n  ".join(report))
+
+
+def check_official_kwargs(family: str, kwargs: Mapping, allowed: Iterable[str],
+                          supported: Mapping[str, object] | None = None) -> dict:
+    """A copy of an official constructor's ``kwargs`` after the checks every family makes.
+
+    Args:
+        family: the official family name (for the messages).
+        allowed: every argument the official constructor takes; others raise ``TypeError``.
+        supported: argument -> the only value (its default) visionzoo implements; another value raises
+            ``NotImplementedError`` naming them all.
+    """
+    kwargs = dict(kwargs)
+    unknown = set(kwargs) - set(allowed)
+    if unknown:
+        raise TypeError(f"from_official({family!r}): unsupported official arguments {sorted(unknown)}")
+    off = {k: kwargs[k] for k, ok in (supported or {}).items() if k in kwargs and kwargs[k] != ok}
+    if off:
+        raise NotImplementedError(f"from_official({family!r}): only {dict(supported)} is implemented for these "
+                                  f"arguments; got {off}")
+    return kwargs
 
 
 def from_official(family: str, official_kwargs: Mapping, state_dict: Mapping[str, torch.Tensor] | None = None):

@@ -82,7 +82,7 @@ def test_applies_only_without_autograd_in_eval():
 
 def _perturbed_maxvit(**kw):
     g = torch.Generator().manual_seed(0)
-    model = visionzoo.create_model("maxvit_tiny", num_classes=5, embed_dims=(32, 64), depths=(1, 1),
+    model = visionzoo.create_model("maxvit_tiny", num_classes=5, widths=(32, 64), depths=(1, 1),
                                    stem_width=16, window=4, **kw).eval()
     for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):
@@ -193,7 +193,7 @@ def test_channel_attn_resnet_fast_path_equals_plain_path(name, monkeypatch):
     fn = fused_eval.conv_act
     monkeypatch.setattr(fused_eval, "conv_act", lambda *a, **k: calls.append(1) or fn(*a, **k))
     g = torch.Generator().manual_seed(6)
-    model = visionzoo.create_model(name, num_classes=5, layers=(1, 1, 1, 1)).eval()
+    model = visionzoo.create_model(name, num_classes=5, depths=(1, 1, 1, 1)).eval()
     for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.load_state_dict(_bn(mod.num_features, g).state_dict())
@@ -213,7 +213,7 @@ def test_channel_attn_resnet_fast_path_equals_plain_path(name, monkeypatch):
 def test_model_fast_path_equals_plain_path(name, monkeypatch):
     """Every family on the fast path (reduced configs; attention projections and MLPs through oneDNN)
     gives the plain path's outputs, and takes the fast path only with autograd off."""
-    from tests.models._tiny import create_tiny
+    from tests.models import create_tiny
     calls = []
     for fname in ("linear_act", "linear_add"):
         fn = getattr(fused_eval, fname)

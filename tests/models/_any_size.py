@@ -21,4 +21,5 @@ def check_train_and_eval(model, sizes, batch: int = 1) -> None:
         for tap, info in zip(taps, model.feature_info):
             r = info["reduction"]
             assert tap.shape[1] == info["num_chs"], (h, w, tap.shape)
-            assert tap.shape[2] in (-(-h // r), h // r + 1) and tap.shape[3] in (-(-w // r), w // r + 1), (h, w, tap.shape)
+            assert tap.shape[2] in (-(-h // r), h // r + 1), (h, w, tap.shape)
+            assert tap.shape[3] in (-(-w // r), w // r + 1), (h, w, tap.shape)

@@ -13,7 +13,7 @@ from ._any_size import check_train_and_eval
 from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "biformer"]
-SMALL = dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 48, 64), head_dim=8)
+SMALL = dict(depths=(1, 1, 2, 1), widths=(16, 32, 48, 64), head_dim=8)
 
 
 def test_official_fixture_parity():
@@ -28,7 +28,7 @@ def test_official_fixture_through_checkpoint_path(tmp_path):
     torch.save({"model": sd}, tmp_path / "biformer.pth")  # the official training script's wrapping
     kw = meta["constructor_kwargs"]
     model = visionzoo.create_model("biformer_tiny", checkpoint_path=tmp_path / "biformer.pth",
-                                   depths=tuple(kw["depth"]), embed_dims=tuple(kw["embed_dim"]),
+                                   depths=tuple(kw["depth"]), widths=tuple(kw["embed_dim"]),
                                    head_dim=kw["head_dim"])
     assert model.num_classes == 10
     assert_matches_fixture(model, tensors)

@@ -30,7 +30,7 @@ def test_official_fixture_through_checkpoint_path(tmp_path):
     meta, tensors, sd = load_fixture("eca_resnet_a")
     path = tmp_path / "eca.pth.tar"
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
-    model = visionzoo.create_model("eca_resnet18", checkpoint_path=path, layers=(1, 1, 1, 1),
+    model = visionzoo.create_model("eca_resnet18", checkpoint_path=path, depths=(1, 1, 1, 1),
                                    widths=(16, 32, 64, 128), stem_width=16).eval()
     assert model.num_classes == 10
     assert_matches_fixture(model, tensors)
@@ -79,10 +79,10 @@ def test_official_full_size_key_listings_convert(variant, name):
 
 
 def test_filter_fn_is_idempotent_and_headless():
-    model = visionzoo.create_model("cbam_resnet18", layers=(1, 1, 1, 1))
+    model = visionzoo.create_model("cbam_resnet18", depths=(1, 1, 1, 1))
     sd = model.state_dict()
     assert ca_resnet.checkpoint_filter_fn(sd, model).keys() == sd.keys()
-    headless = visionzoo.create_model("cbam_resnet18", layers=(1, 1, 1, 1), num_classes=0)
+    headless = visionzoo.create_model("cbam_resnet18", depths=(1, 1, 1, 1), num_classes=0)
     assert ca_resnet.checkpoint_filter_fn(headless.state_dict(), headless).keys() == headless.state_dict().keys()
 
 

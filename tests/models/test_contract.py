@@ -1,7 +1,7 @@
 """The timm model contract (reference/ecosystem.md §1, §8), checked for every registered model.
 
 Written once and parametrized over ``visionzoo.list_models()``, so a new family is covered the
-moment it registers. Large models run in reduced form (tests/models/_tiny.py); every name is
+moment it registers. Large models run in reduced form (each family's ``register_family(tiny=...)``); every name is
 still built at full size on the meta device and its parameter count checked against the
 official one.
 """
@@ -18,7 +18,7 @@ import visionzoo
 from visionzoo.models._registry import MODELS
 
 from ..fixtures import official_param_count
-from ._tiny import create_tiny
+from . import create_tiny
 
 NAMES = visionzoo.list_models()
 SIZE = 64  # every reduced model runs at this size; the any-size test covers others
@@ -99,7 +99,8 @@ def test_prune_intermediate_layers(name):
         take = pruned.prune_intermediate_layers([i], prune_norm=True)
         assert pruned.num_features == model.feature_info[i]["num_chs"]
         with torch.no_grad():
-            torch.testing.assert_close(pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0], taps[i])
+            tap = pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0]
+            torch.testing.assert_close(tap, taps[i])
         pruned.train()
         sum(t.sum() for t in pruned.forward_intermediates(x, indices=take, intermediates_only=True)).backward()
         unused = [n for n, p in pruned.named_parameters() if p.grad is None]

@@ -14,8 +14,8 @@ from .test_maxvit import _perturb
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "halonet"]
 TIMM = ["halonet26t", "sehalonet33ts", "halonet50ts", "eca_halonext26ts", "halonet_h1"]
-SMALL = dict(depths=(1, 1, 2, 1), channels=(16, 32, 64, 64), halo_blocks=((0,), (0,), (0, 1), (0,)),
-             num_heads=(2, 2, 2, 2), stem_chs=16, block_size=4, halo_size=1)
+SMALL = dict(depths=(1, 1, 2, 1), widths=(16, 32, 64, 64), halo_blocks=((0,), (0,), (0, 1), (0,)),
+             num_heads=(2, 2, 2, 2), stem_width=16, block_size=4, halo_size=1)
 
 
 def _perturbed_timm(name):

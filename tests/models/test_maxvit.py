@@ -11,7 +11,7 @@ from visionzoo.models._registry import MODELS
 from ._any_size import check_train_and_eval
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "maxvit"]
-SMALL = dict(embed_dims=(32, 32, 64, 64), depths=(1, 2, 1, 1), stem_width=16, window=4)
+SMALL = dict(widths=(32, 32, 64, 64), depths=(1, 2, 1, 1), stem_width=16, window=4)
 TIMM_SMALL = dict(embed_dim=(32, 32, 64, 64), depths=(1, 2, 1, 1), stem_width=16, head_hidden_size=64)
 
 
@@ -128,7 +128,7 @@ def test_padding_is_masked():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="multiples of head_dim"):
-        visionzoo.create_model("maxvit_tiny", embed_dims=(48, 64, 128, 256), device="meta")
+        visionzoo.create_model("maxvit_tiny", widths=(48, 64, 128, 256), device="meta")
     with pytest.raises(ValueError, match="differ in length"):
         visionzoo.create_model("maxvit_tiny", depths=(1, 1), device="meta")
     assert maxvit.VARIANTS["maxvit_tiny_512"].window == 16

@@ -6,7 +6,7 @@ import torch
 import visionzoo
 from visionzoo.ops._backend import triton_available
 
-from ._tiny import create_tiny
+from . import create_tiny
 
 #: one reduced model per family that runs a dispatched op
 MODELS = ["dinat_tiny", "dinat_s_tiny", "dinat_isotropic_small", "maxvit_tiny", "halonet26t", "biformer_tiny"]

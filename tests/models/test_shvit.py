@@ -12,7 +12,7 @@ from ._any_size import check_train_and_eval
 from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "single_head_vit"]
-SMALL = dict(embed_dims=(32, 48, 64), partial_dims=(8, 12, 16), depths=(1, 2, 2))
+SMALL = dict(widths=(32, 48, 64), partial_dims=(8, 12, 16), depths=(1, 2, 2))
 
 
 def _perturbed(state_dict: dict, seed: int = 0) -> dict:
@@ -44,7 +44,7 @@ def test_official_fixture_through_checkpoint_path(tmp_path):
     meta, tensors, sd = load_fixture("shvit_a")
     torch.save({"model": sd}, tmp_path / "shvit.pth")  # the official training script's wrapping
     kw = meta["constructor_kwargs"]
-    model = visionzoo.create_model("shvit_s1", checkpoint_path=tmp_path / "shvit.pth", embed_dims=tuple(kw["embed_dim"]),
+    model = visionzoo.create_model("shvit_s1", checkpoint_path=tmp_path / "shvit.pth", widths=tuple(kw["embed_dim"]),
                                    partial_dims=tuple(kw["partial_dim"]), depths=tuple(kw["depth"]))
     assert model.num_classes == 10
     assert_matches_fixture(model, tensors)
@@ -56,7 +56,8 @@ def test_official_key_listing_converts(name):
     model = visionzoo.create_model(name, device="meta")
     fake = {k: torch.empty(shape, device="meta") for k, shape in listing["state_dict"].items()}
     converted = single_head_vit.checkpoint_filter_fn(fake, model)
-    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == want
     assert visionzoo.count_params(model) == listing["num_params"]
 
 
@@ -67,7 +68,7 @@ def _timm_pair(name: str, tmp_path, **kwargs):
     theirs.load_state_dict(_perturbed(theirs.state_dict()))
     torch.save(theirs.state_dict(), tmp_path / f"{name}.pth")
     ours = visionzoo.create_model(name, checkpoint_path=tmp_path / f"{name}.pth", **{
-        {"embed_dim": "embed_dims", "partial_dim": "partial_dims", "depth": "depths"}.get(k, k): v
+        {"embed_dim": "widths", "partial_dim": "partial_dims", "depth": "depths"}.get(k, k): v
         for k, v in kwargs.items()})
     return theirs.eval(), ours.eval()
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import GELUTanh
+from timm.layers import GELUTanh, Mlp
 from timm.layers import GELU as TimmGELU
 
 from .conv_bn import bn_folded_conv
@@ -92,9 +92,9 @@ def linear(owner: nn.Module, fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def mlp_applies(owner: nn.Module, mlp: nn.Module, x: torch.Tensor) -> bool:
-    """:func:`mlp_add` may run: the fast path applies to ``owner`` and ``mlp`` (a timm ``Mlp``) has a
+    """:func:`mlp_add` may run: the fast path applies to ``owner`` and ``mlp`` is a timm ``Mlp`` with a
     fused form (an activation with a oneDNN post-op, no norm)."""
-    return (applies(owner, x) and fused_act(mlp.act) is not None
+    return (type(mlp) is Mlp and applies(owner, x) and fused_act(mlp.act) is not None
             and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity))
 
 

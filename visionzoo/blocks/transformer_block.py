@@ -1,11 +1,14 @@
 """Pre-norm transformer block on channels-last maps, around any token mixer.
 
 ``x = x + drop_path(ls1(attn(norm1(x))))``, then ``x = x + drop_path(ls2(mlp(norm2(x))))``, on
-``[B, H, W, C]``. The token mixer is passed in built (neighborhood attention, global attention...),
-so one block serves every family whose layer is "norm, mixer, residual, norm, MLP, residual"
-(NAT, DiNAT, DiNAT_s, isotropic NAT / ViT-RPB, BiFormer). ``ls1`` / ``ls2`` are per-channel layer scales
-(CaiT / NAT ``gamma1`` / ``gamma2``) or Identity. Inference (eval, autograd off, fp32 CPU) runs the
-MLP and its residual as two oneDNN GEMMs (:func:`~visionzoo.blocks.fused_eval.mlp_add`).
+``[B, H, W, C]``, optionally after a conditional position embedding ``x = x + dwconv(x)``
+(BiFormer's ``pos_embed``). The MLP is pluggable (``mlp_layer``, :mod:`~visionzoo.blocks.mlp`). The
+token mixer is passed in built (:func:`~visionzoo.blocks._create.create_token_mixer`), so one block
+serves every family whose layer is "norm, mixer, residual, norm, MLP, residual" (NAT, DiNAT, DiNAT_s,
+isotropic NAT / ViT-RPB, BiFormer; PVT, Swin, LITv2... to come). ``ls1`` / ``ls2`` are per-channel
+layer scales (CaiT / NAT ``gamma1`` / ``gamma2``) or Identity. Inference (eval, autograd off, fp32
+CPU) runs the MLP and its residual as two oneDNN GEMMs (:func:`~visionzoo.blocks.fused_eval.mlp_add`)
+when the MLP is timm's ``Mlp``.
 """
 from __future__ import annotations
 
@@ -32,12 +35,14 @@ class TransformerBlock(nn.Module):
         layer_scale: initial value of the per-channel layer scales, or ``None`` for none.
         norm_layer: norm constructor ``norm_layer(dim, device=, dtype=)``.
         act_layer: MLP activation.
+        mlp_layer: MLP constructor ``mlp_layer(dim, hidden, act_layer=, drop=, device=, dtype=)``.
+        pos_kernel: kernel of the depthwise-conv position embedding added first (0: none).
     """
 
     def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float = 4.0, proj_drop: float = 0.0,
                  drop_path: float = 0.0, layer_scale: float | None = None,
                  norm_layer: Callable[..., nn.Module] = nn.LayerNorm, act_layer: type[nn.Module] = nn.GELU,
-                 device=None, dtype=None):
+                 mlp_layer: Callable[..., nn.Module] = Mlp, pos_kernel: int = 0, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm1 = norm_layer(dim, **dd)
@@ -45,10 +50,14 @@ class TransformerBlock(nn.Module):
         self.ls1 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         self.ls2 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None else nn.Identity()
+        self.pos_embed = nn.Conv2d(dim, dim, pos_kernel, padding=pos_kernel // 2, groups=dim, **dd) \
+            if pos_kernel else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
         if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs, layer scale folded
             return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x, getattr(self.ls2, "gamma", None))

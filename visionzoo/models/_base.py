@@ -6,8 +6,12 @@ entry per feature level), ``norm`` (final norm or ``Identity``) and ``head`` (ti
 expect (``forward_intermediates``, ``prune_intermediate_layers``, ``reset_classifier``, grad
 checkpointing, ``group_matcher``, ``feature_info``) comes from here.
 
-Families whose blocks work channels-last set ``channels_last_stages = True``: stage outputs are
+Families whose blocks work on token maps set ``nhwc_stages = True``: stage outputs are logically
 ``[B, H, W, C]`` internally, but every tensor the model returns (features, intermediates) is NCHW.
+(Not to be confused with channels-last *memory format*, :mod:`visionzoo.blocks.channels_last`.)
+
+Family boilerplate lives here once: :func:`drop_path_rates`, :func:`init_linear_trunc_normal`,
+:func:`pretrained_cfg`, and the default :meth:`Backbone.num_stages` (``len(cfg.depths)``).
 """
 
 import inspect
@@ -15,17 +19,18 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_device_dtype
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-__all__ = ["Backbone", "BackboneFeatures", "Stage"]
+__all__ = ["Backbone", "BackboneFeatures", "Stage", "drop_path_rates", "init_linear_trunc_normal", "pretrained_cfg"]
 
 
 class Backbone(nn.Module):
     # Subclasses set: ``stem``, ``stages`` (nn.Sequential), ``norm`` (final norm or head conv after the
     # last stage; Identity if none) and ``head``. (No class-level annotations: TorchScript reads them.)
-    channels_last_stages: bool = False
+    nhwc_stages: bool = False
     #: parameter-name patterns excluded from weight decay (fnmatch, as timm's optimizer factory reads them)
     nwd_patterns: tuple[str, ...] = ()
 
@@ -44,7 +49,12 @@ class Backbone(nn.Module):
         self.feature_info = [dict(num_chs=c, reduction=r, module=f"stages.{i}", index=i, stage=i)
                              for i, (c, r) in enumerate(zip(stage_chs, reductions))]
         self.grad_checkpointing = False
-        self.channels_last_stages = type(self).channels_last_stages  # an instance attribute TorchScript sees
+        self.nhwc_stages = type(self).nhwc_stages  # an instance attribute TorchScript sees
+
+    @staticmethod
+    def num_stages(cfg) -> int:
+        """Feature levels of a model built from ``cfg`` (the registry's default ``out_indices``)."""
+        return len(cfg.depths)
 
     # ---- training hooks -------------------------------------------------------------------
     @torch.jit.ignore
@@ -79,7 +89,7 @@ class Backbone(nn.Module):
 
     # ---- trunk ----------------------------------------------------------------------------
     def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 3, 1, 2) if self.channels_last_stages else x
+        return x.permute(0, 3, 1, 2) if self.nhwc_stages else x
 
     @torch.jit.ignore
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +109,7 @@ class Backbone(nn.Module):
         else:
             x = self.stages(x)
         x = self.norm(x)
-        return self._to_nchw(x).contiguous() if self.channels_last_stages else x
+        return self._to_nchw(x).contiguous() if self.nhwc_stages else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -131,7 +141,7 @@ class Backbone(nn.Module):
             return intermediates
         if len(stages) == len(self.stages):
             x = self.norm(x)
-        return (self._to_nchw(x).contiguous() if self.channels_last_stages else x), intermediates
+        return (self._to_nchw(x).contiguous() if self.nhwc_stages else x), intermediates
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
@@ -165,6 +175,42 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
+
+
+def drop_path_rates(rate: float, depths: Iterable[int]) -> list[list[float]]:
+    """Stochastic-depth rate of every block, linear from 0 to ``rate`` over all blocks, per stage."""
+    depths = list(depths)
+    n = sum(depths)
+    flat = [rate * i / max(n - 1, 1) for i in range(n)]
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [flat[s:s + d] for s, d in zip(starts, depths)]
+
+
+def init_linear_trunc_normal(m: nn.Module) -> None:
+    """The ViT init (``model.apply(...)``): Linear weights truncated normal (std 0.02), biases zero."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def pretrained_cfg(*, paper: tuple[str, str], origin_url: str, first_conv: str, load: str, size: int = 224,
+                   reduction: int = 32, crop_pct: float = 0.875, interpolation: str = "bicubic",
+                   license: str = "apache-2.0", classifier: str = "head.fc", **extra) -> dict:
+    """The timm pretrained cfg of a visionzoo model whose weights are not hosted.
+
+    Args:
+        paper: ``(paper name, paper id)``.
+        load: what loads with ``create_model(name, checkpoint_path=...)`` (e.g. "the official checkpoint").
+        size: square input size; ``reduction``: the last stage's stride (pool size ``size // reduction``).
+        extra: any other timm pretrained-cfg field (``crop_mode``, ``notes`` replaces the default note).
+    """
+    notes = (f"Weights are not hosted by visionzoo; load {load} with create_model(name, checkpoint_path=...).",)
+    return dict(dict(
+        num_classes=1000, input_size=(3, size, size), pool_size=(size // reduction,) * 2, crop_pct=crop_pct,
+        interpolation=interpolation, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv=first_conv,
+        classifier=classifier, license=license, paper_name=paper[0], paper_ids=paper[1], origin_url=origin_url,
+        notes=notes), **extra)
 
 
 class BackboneFeatures(FeatureGetterNet):

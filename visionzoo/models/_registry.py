@@ -4,12 +4,15 @@ A family module declares its frozen config dataclass, model class, ``VARIANTS`` 
 pretrained cfgs, then calls :func:`register_family`. That generates the module's timm
 ``default_cfgs`` and one ``@register_model`` entrypoint per variant, named ``vz_<name>`` in timm's
 registry so it can never replace a timm model. Architecture overrides passed to ``create_model``
-(``layers=(1, 1, 1, 1)``) go through ``dataclasses.replace``, so a misspelt field raises.
+(``depths=(1, 1, 1, 1)``) go through ``dataclasses.replace``, so a misspelt field raises; a family may
+keep old field names as deprecated ``aliases``. Each family also carries ``tiny``: the reduced
+config the contract tests run (:func:`tiny_overrides`).
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,7 +20,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ._base import BackboneFeatures
 
-__all__ = ["PREFIX", "ModelEntry", "FamilyEntry", "MODELS", "FAMILIES", "register_family", "build"]
+__all__ = ["PREFIX", "ModelEntry", "FamilyEntry", "MODELS", "FAMILIES", "register_family", "build", "tiny_overrides"]
 
 PREFIX = "vz_"
 
@@ -31,6 +34,10 @@ class FamilyEntry:
     #: official family name (as in the fixtures) -> fn(official_kwargs) -> (variant, cfg_overrides, model_kwargs)
     official: dict[str, Callable] = field(default_factory=dict)
     paper: str = ""
+    #: fn(cfg) -> config overrides of a reduced model (contract tests); None runs the full size
+    tiny: Callable | None = None
+    #: deprecated config field name -> its name now
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,13 @@ MODELS: dict[str, ModelEntry] = {}
 FAMILIES: dict[str, FamilyEntry] = {}
 
 
-def _split_kwargs(cfg: Any, kwargs: dict) -> tuple[dict, dict]:
+def _split_kwargs(cfg: Any, kwargs: dict, aliases: dict[str, str]) -> tuple[dict, dict]:
+    for old, new in aliases.items():
+        if old in kwargs:
+            warnings.warn(f"{type(cfg).__name__}.{old} is deprecated; use {new}=", FutureWarning, stacklevel=4)
+            if new in kwargs:
+                raise TypeError(f"both {old}= (deprecated) and {new}= given")
+            kwargs[new] = kwargs.pop(old)
     names = {f.name for f in dataclasses.fields(cfg)}
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     return overrides, kwargs
@@ -58,7 +71,7 @@ def build(name: str, pretrained: bool = False, **kwargs):
     """Build registered variant ``name`` through timm's ``build_model_with_cfg``."""
     entry = MODELS[name]
     family = FAMILIES[entry.family]
-    overrides, kwargs = _split_kwargs(entry.cfg, dict(kwargs))
+    overrides, kwargs = _split_kwargs(entry.cfg, dict(kwargs), family.aliases)
     cfg = dataclasses.replace(entry.cfg, **overrides) if overrides else entry.cfg
     out_indices = tuple(range(family.model_cls.num_stages(cfg)))
     return build_model_with_cfg(
@@ -82,7 +95,7 @@ def _entrypoint(module: str, name: str) -> Callable:
 def register_family(module: str, family: str, model_cls: type, variants: dict[str, Any],
                     pretrained_cfgs: dict[str, dict], filter_fn: Callable, *, tag: str = "in1k",
                     meta: dict[str, dict] | None = None, official: dict[str, Callable] | None = None,
-                    paper: str = "") -> None:
+                    paper: str = "", tiny: Callable | None = None, aliases: dict[str, str] | None = None) -> None:
     """Register every variant of a family (call at the bottom of the family module).
 
     Args:
@@ -92,11 +105,15 @@ def register_family(module: str, family: str, model_cls: type, variants: dict[st
         filter_fn: the family's ``checkpoint_filter_fn`` (official/timm -> visionzoo keys).
         meta: plain name -> facts (``official_params_key``, ``top1``...).
         official: official family names this module converts, see :class:`FamilyEntry`.
+        tiny: ``fn(cfg) -> overrides`` giving a reduced model of each variant for the contract tests
+            (a few channels, one block per stage; it must still run every code path of the family).
+        aliases: deprecated config field name -> its name now (accepted with a ``FutureWarning``).
     """
     missing = set(variants) ^ set(pretrained_cfgs)
     if missing:
         raise ValueError(f"register_family({family!r}): variants and pretrained_cfgs differ on {sorted(missing)}")
-    FAMILIES[family] = FamilyEntry(family, module, model_cls, filter_fn, dict(official or {}), paper)
+    FAMILIES[family] = FamilyEntry(family, module, model_cls, filter_fn, dict(official or {}), paper, tiny,
+                                   dict(aliases or {}))
     mod = sys.modules[module]
     mod.default_cfgs = generate_default_cfgs(
         {f"{PREFIX}{n}.{tag}": dict(pretrained_cfgs[n], architecture=PREFIX + n) for n in variants})
@@ -105,3 +122,10 @@ def register_family(module: str, family: str, model_cls: type, variants: dict[st
             raise ValueError(f"model name {n!r} registered twice ({MODELS[n].family} and {family})")
         MODELS[n] = ModelEntry(n, family, cfg, tag, pretrained_cfgs[n], dict((meta or {}).get(n, {})))
         register_model(_entrypoint(module, n))
+
+
+def tiny_overrides(name: str) -> dict:
+    """The config overrides of registered model ``name``'s reduced form (``{}``: full size)."""
+    entry = MODELS[name]
+    fn = FAMILIES[entry.family].tiny
+    return fn(entry.cfg) if fn else {}

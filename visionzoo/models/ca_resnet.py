@@ -15,16 +15,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import dataclasses
+
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath
 
 from .. import convert
 from ..blocks import fused_eval
 from ..blocks.channel_attn import create_channel_attn
 from ..blocks.channels_last import ChannelsLastStem
-from ._base import Backbone
+from ._base import Backbone, drop_path_rates, pretrained_cfg
 from ._registry import register_family
 
 __all__ = ["ResNetCfg", "ChannelAttnResNet", "VARIANTS", "checkpoint_filter_fn"]
@@ -33,7 +34,7 @@ __all__ = ["ResNetCfg", "ChannelAttnResNet", "VARIANTS", "checkpoint_filter_fn"]
 @dataclass(frozen=True)
 class ResNetCfg:
     block: str = "bottleneck"  # 'basic' | 'bottleneck'
-    layers: tuple[int, ...] = (3, 4, 6, 3)
+    depths: tuple[int, ...] = (3, 4, 6, 3)
     widths: tuple[int, ...] = (64, 128, 256, 512)  # planes per stage (bottleneck output = 4x)
     stem_width: int = 64
     stem_kernel: int = 7  # 7x7 s2 (ImageNet) or 3x3 s1 (CIFAR)
@@ -46,7 +47,7 @@ class ResNetCfg:
     attn_kernel_sizes: tuple[int, ...] | None = None  # ECA: k per stage (None: the paper's adaptive rule)
 
     def __post_init__(self):
-        for name in ("layers", "widths", "attn_kernel_sizes"):
+        for name in ("depths", "widths", "attn_kernel_sizes"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -54,9 +55,9 @@ class ResNetCfg:
             raise ValueError(f"ResNetCfg.block must be 'basic' or 'bottleneck', got {self.block!r}")
         if self.stem_pool not in ("torch", "caffe", "none"):
             raise ValueError(f"ResNetCfg.stem_pool must be 'torch', 'caffe' or 'none', got {self.stem_pool!r}")
-        if len(self.layers) != len(self.widths) or not self.layers:
-            raise ValueError(f"ResNetCfg: layers {self.layers} and widths {self.widths} need the same non-zero length")
-        if self.attn_kernel_sizes is not None and len(self.attn_kernel_sizes) != len(self.layers):
+        if len(self.depths) != len(self.widths) or not self.depths:
+            raise ValueError(f"ResNetCfg: depths {self.depths} and widths {self.widths} need the same non-zero length")
+        if self.attn_kernel_sizes is not None and len(self.attn_kernel_sizes) != len(self.depths):
             raise ValueError(f"ResNetCfg.attn_kernel_sizes needs one entry per stage, got {self.attn_kernel_sizes}")
 
     @property
@@ -138,10 +139,9 @@ class ChannelAttnResNet(Backbone):
         self.stem = ChannelsLastStem(stem)
         reduction = stem_stride * (2 if cfg.stem_pool != "none" else 1)
 
-        n_blocks = sum(cfg.layers)
-        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         in_chs, stages, chs, reductions = cfg.stem_width, [], [], []
-        for i, (depth, planes) in enumerate(zip(cfg.layers, cfg.widths)):
+        for i, (depth, planes, dpr) in enumerate(zip(cfg.depths, cfg.widths, drop_path_rates(drop_path_rate,
+                                                                                               cfg.depths))):
             stride = 1 if i == 0 else 2
             reduction *= stride
             attn_kwargs = {}
@@ -151,8 +151,7 @@ class ChannelAttnResNet(Backbone):
                 attn_kwargs["kernel_size"] = cfg.attn_kernel_sizes[i]
             blocks = []
             for j in range(depth):
-                blocks.append(ResidualBlock(cfg, in_chs, planes, stride if j == 0 else 1, attn_kwargs,
-                                            dpr.pop(0), **dd))
+                blocks.append(ResidualBlock(cfg, in_chs, planes, stride if j == 0 else 1, attn_kwargs, dpr[j], **dd))
                 in_chs = planes * cfg.expansion
             stages.append(nn.Sequential(*blocks))
             chs.append(in_chs)
@@ -162,10 +161,6 @@ class ChannelAttnResNet(Backbone):
         self.head = ClassifierHead(in_chs, num_classes, global_pool, drop_rate, **dd)
         self._finish(in_chans, num_classes, chs, reductions, global_pool)
         self.init_weights()
-
-    @staticmethod
-    def num_stages(cfg: ResNetCfg) -> int:
-        return len(cfg.layers)
 
     def init_weights(self) -> None:
         for m in self.modules():
@@ -220,50 +215,50 @@ def _block_kind(block, names: dict) -> str:
     return names[block]
 
 
-def _pop_known(kw: dict, family: str, allowed: set) -> None:
-    unknown = set(kw) - allowed
-    if unknown:
-        raise TypeError(f"from_official({family!r}): unsupported official arguments {sorted(unknown)}")
-
-
 def _official_eca(kw: dict):
-    kw = dict(kw)
-    _pop_known(kw, "eca_resnet", {"block", "layers", "num_classes", "k_size", "base_width"})
+    kw = convert.check_official_kwargs("eca_resnet", kw, {"block", "layers", "num_classes", "k_size", "base_width"})
     block = _block_kind(kw.pop("block", "ECABottleneck"), {"ECABasicBlock": "basic", "ECABottleneck": "bottleneck"})
     k = tuple(int(x) for x in kw.pop("k_size", (3, 3, 3, 3)))
-    overrides = dict(block=block, layers=tuple(kw.pop("layers")), attn="eca", attn_kernel_sizes=k, **_official_widths(kw))
-    return ("eca_resnet18" if block == "basic" else "eca_resnet50"), overrides, dict(num_classes=kw.pop("num_classes", 1000))
+    overrides = dict(block=block, depths=tuple(kw.pop("layers")), attn="eca", attn_kernel_sizes=k,
+                     **_official_widths(kw))
+    variant = "eca_resnet18" if block == "basic" else "eca_resnet50"
+    return variant, overrides, dict(num_classes=kw.pop("num_classes", 1000))
 
 
 def _official_cbam(kw: dict):
-    kw = dict(kw)
-    _pop_known(kw, "cbam_resnet", {"block", "layers", "network_type", "num_classes", "att_type", "base_width"})
+    kw = convert.check_official_kwargs("cbam_resnet", kw, {"block", "layers", "network_type", "num_classes", "att_type",
+                                                           "base_width"})
     block = _block_kind(kw.pop("block", "Bottleneck"), {"BasicBlock": "basic", "Bottleneck": "bottleneck"})
     att = kw.pop("att_type", None)
     if att not in (None, "CBAM"):
-        raise NotImplementedError(f"from_official('cbam_resnet'): att_type={att!r} is not implemented (only 'CBAM' or None)")
+        raise NotImplementedError(f"from_official('cbam_resnet'): att_type={att!r} is not implemented "
+                                  "(only 'CBAM' or None)")
     network = kw.pop("network_type", "ImageNet")
     if network not in ("ImageNet", "CIFAR10", "CIFAR100"):
-        raise ValueError(f"from_official('cbam_resnet'): network_type must be ImageNet/CIFAR10/CIFAR100, got {network!r}")
+        raise ValueError(f"from_official('cbam_resnet'): network_type must be ImageNet/CIFAR10/CIFAR100, "
+                         f"got {network!r}")
     stem = {} if network == "ImageNet" else dict(stem_kernel=3, stem_pool="none")
-    overrides = dict(block=block, layers=tuple(kw.pop("layers")), attn="cbam" if att else None, **stem,
+    overrides = dict(block=block, depths=tuple(kw.pop("layers")), attn="cbam" if att else None, **stem,
                      **_official_widths(kw))
-    return ("cbam_resnet18" if block == "basic" else "cbam_resnet50"), overrides, dict(num_classes=kw.pop("num_classes", 1000))
+    variant = "cbam_resnet18" if block == "basic" else "cbam_resnet50"
+    return variant, overrides, dict(num_classes=kw.pop("num_classes", 1000))
 
 
 def _official_senet(kw: dict):
     """timm's ``SENet`` (the Caffe port) constructor arguments."""
-    kw = dict(kw)
-    _pop_known(kw, "senet", {"block", "layers", "groups", "reduction", "num_classes", "inplanes", "input_3x3",
-                             "downsample_kernel_size", "downsample_padding", "drop_rate", "in_chans", "global_pool"})
+    kw = convert.check_official_kwargs("senet", kw, {
+        "block", "layers", "groups", "reduction", "num_classes", "inplanes", "input_3x3", "downsample_kernel_size",
+        "downsample_padding", "drop_rate", "in_chans", "global_pool"})
     block = getattr(kw.get("block"), "__name__", kw.get("block"))
     if block not in ("SEResNetBottleneck", "SEResNeXtBottleneck", "SEResNetBlock") or kw.get("input_3x3") \
             or kw.get("downsample_kernel_size", 1) != 1 or kw.get("inplanes", 64) != 64:
-        raise NotImplementedError(f"from_official('senet'): only SE-ResNet/SE-ResNeXt layouts are implemented, got {kw}")
-    overrides = dict(layers=tuple(kw["layers"]), groups=kw.get("groups", 1), attn="se",
+        raise NotImplementedError(f"from_official('senet'): only SE-ResNet/SE-ResNeXt layouts are implemented, "
+                                  f"got {kw}")
+    overrides = dict(depths=tuple(kw["layers"]), groups=kw.get("groups", 1), attn="se",
                      attn_reduction=kw.get("reduction", 16), stem_pool="caffe",
                      block="basic" if block == "SEResNetBlock" else "bottleneck",
-                     stride_in_1x1=block == "SEResNetBottleneck", base_width=4 if block == "SEResNeXtBottleneck" else 64)
+                     stride_in_1x1=block == "SEResNetBottleneck",
+                     base_width=4 if block == "SEResNeXtBottleneck" else 64)
     model_kwargs = {k: kw[k] for k in ("num_classes", "drop_rate", "in_chans", "global_pool") if k in kw}
     return "se_resnet50", overrides, model_kwargs
 
@@ -277,19 +272,19 @@ _CBAM = ResNetCfg(attn="cbam")
 
 VARIANTS = {
     "se_resnet50": _SE,
-    "se_resnet101": ResNetCfg(**{**_SE.__dict__, "layers": _R101}),
-    "se_resnet152": ResNetCfg(**{**_SE.__dict__, "layers": _R152}),
+    "se_resnet101": dataclasses.replace(_SE, depths=_R101),
+    "se_resnet152": dataclasses.replace(_SE, depths=_R152),
     "se_resnext50_32x4d": _SEX,
-    "se_resnext101_32x4d": ResNetCfg(**{**_SEX.__dict__, "layers": _R101}),
-    "eca_resnet18": ResNetCfg(**{**_ECA.__dict__, "block": "basic", "layers": _R18, "attn_kernel_sizes": (3, 5, 7, 7)}),
-    "eca_resnet34": ResNetCfg(**{**_ECA.__dict__, "block": "basic", "layers": _R34, "attn_kernel_sizes": (3, 3, 5, 7)}),
-    "eca_resnet50": ResNetCfg(**{**_ECA.__dict__, "layers": _R50, "attn_kernel_sizes": (3, 5, 5, 7)}),
-    "eca_resnet101": ResNetCfg(**{**_ECA.__dict__, "layers": _R101, "attn_kernel_sizes": (3, 3, 5, 7)}),
-    "eca_resnet152": ResNetCfg(**{**_ECA.__dict__, "layers": _R152, "attn_kernel_sizes": (3, 3, 5, 7)}),
-    "cbam_resnet18": ResNetCfg(**{**_CBAM.__dict__, "block": "basic", "layers": _R18}),
-    "cbam_resnet34": ResNetCfg(**{**_CBAM.__dict__, "block": "basic", "layers": _R34}),
+    "se_resnext101_32x4d": dataclasses.replace(_SEX, depths=_R101),
+    "eca_resnet18": dataclasses.replace(_ECA, block="basic", depths=_R18, attn_kernel_sizes=(3, 5, 7, 7)),
+    "eca_resnet34": dataclasses.replace(_ECA, block="basic", depths=_R34, attn_kernel_sizes=(3, 3, 5, 7)),
+    "eca_resnet50": dataclasses.replace(_ECA, depths=_R50, attn_kernel_sizes=(3, 5, 5, 7)),
+    "eca_resnet101": dataclasses.replace(_ECA, depths=_R101, attn_kernel_sizes=(3, 3, 5, 7)),
+    "eca_resnet152": dataclasses.replace(_ECA, depths=_R152, attn_kernel_sizes=(3, 3, 5, 7)),
+    "cbam_resnet18": dataclasses.replace(_CBAM, block="basic", depths=_R18),
+    "cbam_resnet34": dataclasses.replace(_CBAM, block="basic", depths=_R34),
     "cbam_resnet50": _CBAM,
-    "cbam_resnet101": ResNetCfg(**{**_CBAM.__dict__, "layers": _R101}),
+    "cbam_resnet101": dataclasses.replace(_CBAM, depths=_R101),
 }
 
 _PAPERS = {
@@ -321,13 +316,13 @@ _FACTS = {
 
 def _pretrained_cfg(name: str) -> dict:
     paper, paper_id, origin = _PAPERS[VARIANTS[name].attn]
-    return dict(
-        num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation="bilinear",
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.conv", classifier="head.fc",
-        license="apache-2.0", paper_name=paper, paper_ids=paper_id, origin_url=origin,
-        notes=("Weights are not hosted by visionzoo; load the official (or timm legacy_se*) checkpoint with "
-               "create_model(name, checkpoint_path=...).",),
-    )
+    return pretrained_cfg(paper=(paper, paper_id), origin_url=origin, first_conv="stem.conv",
+                          load="the official (or timm legacy_se*) checkpoint", interpolation="bilinear")
+
+
+def tiny(cfg: ResNetCfg) -> dict:
+    return dict(depths=(1,) * len(cfg.depths), widths=(8, 16, 32, 64), stem_width=8,
+                **({"groups": 4, "base_width": 8} if cfg.groups > 1 else {}))
 
 
 register_family(
@@ -335,5 +330,5 @@ register_family(
     checkpoint_filter_fn,
     meta={n: dict(official_params_key=f[0], top1=f[1], top1_source=f[2]) for n, f in _FACTS.items()},
     official={"eca_resnet": _official_eca, "cbam_resnet": _official_cbam, "senet": _official_senet},
-    paper="SE / ECA / CBAM channel attention in ResNets",
+    paper="SE / ECA / CBAM channel attention in ResNets", tiny=tiny, aliases={"layers": "depths"},
 )

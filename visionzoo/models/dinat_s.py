@@ -3,14 +3,18 @@
 A 4x4 stride-4 patch-embed conv + LayerNorm (input zero-padded right/bottom to a multiple of 4),
 stages of pre-norm NA / DiNA layers with RPB (MLP ratio 4, no layer scale), Swin PatchMerging
 (LayerNorm(4C) -> Linear 4C -> 2C without bias, odd maps zero-padded) between stages, final
-LayerNorm, mean, Linear. Built by :class:`~visionzoo.models.nat.NATransformer` (``stem='patch'``,
-``downsample='merge'``); dilation handling and the stage taps are described there.
+LayerNorm, mean, Linear. A :class:`~visionzoo.models.nat.NATCfg` with a patch stem and
+``downsample='merge'``, built by :class:`~visionzoo.models._hierarchical.HierarchicalNet`; dilation
+handling and the stage taps are described in :mod:`.nat`.
 """
 from __future__ import annotations
 
-from .nat import (DINAT_PAPER, NATCfg, NATransformer, checkpoint_filter_fn, official_kwargs_check,
-                  official_model_kwargs, pretrained_cfg)
+import dataclasses
+
+from ._hierarchical import HierarchicalNet, StemCfg
 from ._registry import register_family
+from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_kwargs_check,
+                  official_model_kwargs, tiny)
 
 __all__ = ["VARIANTS"]
 
@@ -24,22 +28,22 @@ def _official(kw: dict):
                                                "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate",
                                                "norm_layer", "patch_norm"})
     dil = kw.get("dilations")
-    overrides = dict(patch_size=int(kw.get("patch_size", 4)), embed_dim=int(kw.get("embed_dim", 96)),
+    overrides = dict(stem=StemCfg("patch", int(kw.get("patch_size", 4)), bool(kw.get("patch_norm", True))),
+                     embed_dim=int(kw.get("embed_dim", 96)),
                      depths=tuple(kw.get("depths", (2, 2, 6, 2))), num_heads=tuple(kw.get("num_heads", (3, 6, 12, 24))),
                      kernel_size=int(kw.get("kernel_size", 7)), mlp_ratio=float(kw.get("mlp_ratio", 4.0)),
                      dilations=None if dil is None else tuple(tuple(d) for d in dil),
-                     qkv_bias=bool(kw.get("qkv_bias", True)), qk_scale=kw.get("qk_scale"),
-                     stem_norm=bool(kw.get("patch_norm", True)))
+                     qkv_bias=bool(kw.get("qkv_bias", True)), qk_scale=kw.get("qk_scale"))
     return "dinat_s_tiny", overrides, official_model_kwargs(kw, 0.2)
 
 
 _DIL_224 = ((1, 8), (1, 4), (1, 2), (1,))
 _TINY = NATCfg(depths=(2, 2, 6, 2), embed_dim=96, num_heads=(3, 6, 12, 24), mlp_ratio=4.0, dilations=_DIL_224,
-               stem="patch", patch_size=4, downsample="merge")
+               stem=StemCfg("patch", 4), downsample="merge")
 
 
 def _v(**kw) -> NATCfg:
-    return NATCfg(**{**_TINY.__dict__, "depths": (2, 2, 18, 2), **kw})
+    return dataclasses.replace(_TINY, **{"depths": (2, 2, 18, 2), **kw})
 
 
 VARIANTS = {
@@ -59,10 +63,10 @@ _FACTS = {
 }
 
 register_family(
-    __name__, "dinat_s", NATransformer, VARIANTS,
-    {n: pretrained_cfg(DINAT_PAPER, "stem.proj", 384 if n.endswith("_384") else 224) for n in VARIANTS},
+    __name__, "dinat_s", HierarchicalNet, VARIANTS,
+    {n: nat_pretrained_cfg(DINAT_PAPER, "stem.proj", 384 if n.endswith("_384") else 224) for n in VARIANTS},
     checkpoint_filter_fn,
     meta={n: dict(official_params_key=n, top1=f[0], top1_source=f[1]) for n, f in _FACTS.items()},
     official={"dinat_s": _official},
-    paper="DiNAT_s (dilated neighborhood attention, Swin layout)",
+    paper="DiNAT_s (dilated neighborhood attention, Swin layout)", tiny=tiny,
 )

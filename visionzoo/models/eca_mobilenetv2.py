@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath
 
 from .. import convert
 from ..blocks.channel_attn import EfficientChannelAttn
-from ._base import Backbone
+from ._base import Backbone, drop_path_rates, pretrained_cfg
 from ._registry import register_family
 
 __all__ = ["MobileNetV2Cfg", "EcaMobileNetV2", "VARIANTS", "checkpoint_filter_fn"]
@@ -75,8 +74,7 @@ class EcaMobileNetV2(Backbone):
         self.cfg = cfg
         in_chs = int(cfg.stem_width * cfg.width_mult)
         self.stem = _conv_bn(in_chans, in_chs, 3, 2, dd=dd)
-        n_blocks = sum(row[2] for row in cfg.settings)
-        dpr = iter(drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks))
+        dpr = iter(drop_path_rates(drop_path_rate, [sum(row[2] for row in cfg.settings)])[0])
         stages, chs, reductions, reduction = [[]], [], [], 2
         for t, c, n, s in cfg.settings:
             out_chs = int(c * cfg.width_mult)
@@ -99,7 +97,7 @@ class EcaMobileNetV2(Backbone):
         self.init_weights()
 
     @staticmethod
-    def num_stages(cfg: MobileNetV2Cfg) -> int:
+    def num_stages(cfg: MobileNetV2Cfg) -> int:  # stages are grouped by output stride
         return 1 + sum(1 for row in cfg.settings if row[3] == 2)
 
     def init_weights(self) -> None:
@@ -113,7 +111,8 @@ class EcaMobileNetV2(Backbone):
 
 def _official_rules(model: EcaMobileNetV2) -> list[tuple[str, str]]:
     """``features.{i}`` (one flat list in the official code) -> ``stages.{s}.{j}``."""
-    rules = [(r"^features\.0\.0\.", "stem.conv."), (r"^features\.0\.1\.", "stem.bn."), (r"^classifier\.1\.", "head.fc.")]
+    rules = [(r"^features\.0\.0\.", "stem.conv."), (r"^features\.0\.1\.", "stem.bn."),
+             (r"^classifier\.1\.", "head.fc.")]
     idx = 1
     for s, stage in enumerate(model.stages):
         for j, block in enumerate(stage):
@@ -137,25 +136,22 @@ def checkpoint_filter_fn(state_dict, model):
 
 
 def _official(kw: dict):
-    kw = dict(kw)
-    unknown = set(kw) - {"num_classes", "width_mult"}
-    if unknown:
-        raise TypeError(f"from_official('eca_mobilenet_v2'): unsupported official arguments {sorted(unknown)}")
-    return "eca_mobilenet_v2", dict(width_mult=float(kw.get("width_mult", 1.0))), dict(num_classes=kw.get("num_classes", 1000))
+    kw = convert.check_official_kwargs("eca_mobilenet_v2", kw, {"num_classes", "width_mult"})
+    overrides = dict(width_mult=float(kw.get("width_mult", 1.0)))
+    return "eca_mobilenet_v2", overrides, dict(num_classes=kw.get("num_classes", 1000))
 
 
 VARIANTS = {"eca_mobilenet_v2": MobileNetV2Cfg()}
 
 register_family(
     __name__, "eca_mobilenetv2", EcaMobileNetV2, VARIANTS,
-    {"eca_mobilenet_v2": dict(
-        num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation="bilinear",
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.conv", classifier="head.fc",
-        license="apache-2.0", paper_name="ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
-        paper_ids="arXiv:1910.03151", origin_url="https://github.com/BangguWu/ECANet",
-        notes=("Weights are not hosted by visionzoo; load the official checkpoint with checkpoint_path=...",))},
+    {"eca_mobilenet_v2": pretrained_cfg(
+        paper=("ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks", "arXiv:1910.03151"),
+        origin_url="https://github.com/BangguWu/ECANet", first_conv="stem.conv", load="the official checkpoint",
+        interpolation="bilinear")},
     checkpoint_filter_fn,
     meta={"eca_mobilenet_v2": dict(official_params_key="eca_mobilenet_v2", top1=72.56, top1_source="ECANet README")},
     official={"eca_mobilenet_v2": _official},
     paper="ECA-Net MobileNetV2",
+    tiny=lambda cfg: dict(width_mult=0.25, settings=tuple((t, c, 1, s) for t, c, _, s in cfg.settings)),
 )

@@ -30,7 +30,6 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SEModule, create_conv2d, create_pool2d,
                          get_norm_act_layer, make_divisible, pad_same)
 from timm.layers.conv2d_same import Conv2dSame
@@ -39,7 +38,7 @@ from .. import convert
 from ..blocks import fused_eval
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
-from ._base import Backbone, Stage
+from ._base import Backbone, Stage, drop_path_rates, init_linear_trunc_normal, pretrained_cfg
 from ._registry import register_family
 
 __all__ = ["MaxViTCfg", "MaxViT", "VARIANTS"]
@@ -47,7 +46,7 @@ __all__ = ["MaxViTCfg", "MaxViT", "VARIANTS"]
 
 @dataclass(frozen=True)
 class MaxViTCfg:
-    embed_dims: tuple[int, ...] = (64, 128, 256, 512)
+    widths: tuple[int, ...] = (64, 128, 256, 512)
     depths: tuple[int, ...] = (2, 2, 5, 2)
     stem_width: int = 64
     #: block-attention window = grid size (7 at 224, 12 at 384, 16 at 512)
@@ -63,10 +62,10 @@ class MaxViTCfg:
     act: str = "gelu_tanh"
 
     def __post_init__(self):
-        if len(self.embed_dims) != len(self.depths):
-            raise ValueError(f"MaxViTCfg: embed_dims {self.embed_dims} and depths {self.depths} differ in length")
-        if any(d % self.head_dim for d in self.embed_dims):
-            raise ValueError(f"MaxViTCfg: embed_dims {self.embed_dims} must be multiples of head_dim {self.head_dim}")
+        if len(self.widths) != len(self.depths):
+            raise ValueError(f"MaxViTCfg: widths {self.widths} and depths {self.depths} differ in length")
+        if any(d % self.head_dim for d in self.widths):
+            raise ValueError(f"MaxViTCfg: widths {self.widths} must be multiples of head_dim {self.head_dim}")
         if self.window < 1:
             raise ValueError(f"MaxViTCfg: window must be >= 1, got {self.window}")
 
@@ -195,33 +194,20 @@ class MaxViT(Backbone):
         dd = dict(device=device, dtype=dtype)
         self.cfg = cfg
         self.stem = _stem(in_chans, cfg.stem_width, cfg, dd)
-        n_blocks = sum(cfg.depths)
-        dpr = iter(drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks))
         stages, in_chs = [], cfg.stem_width
-        for depth, dim in zip(cfg.depths, cfg.embed_dims):
+        for depth, dim, dpr in zip(cfg.depths, cfg.widths, drop_path_rates(drop_path_rate, cfg.depths)):
             stages.append(Stage(nn.Identity(), [MaxViTBlock(in_chs if j == 0 else dim, dim, 2 if j == 0 else 1, cfg,
-                                                   next(dpr), backend, **dd) for j in range(depth)]))
+                                                   dpr[j], backend, **dd) for j in range(depth)]))
             in_chs = dim
         self.stages = nn.Sequential(*stages)
         self.norm = nn.Identity()
-        width = cfg.embed_dims[-1]
+        width = cfg.widths[-1]
         self.head = NormMlpClassifierHead(width, num_classes, hidden_size=width, pool_type=global_pool,
                                           drop_rate=drop_rate, norm_layer=partial(LayerNorm2d, eps=cfg.ln_eps),
                                           act_layer="tanh", **dd)
-        self._finish(in_chans, num_classes, cfg.embed_dims, [4 * 2 ** i for i in range(len(cfg.depths))], global_pool)
+        self._finish(in_chans, num_classes, cfg.widths, [4 * 2 ** i for i in range(len(cfg.depths))], global_pool)
         self.head_hidden_size = width
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @staticmethod
-    def num_stages(cfg: MaxViTCfg) -> int:
-        return len(cfg.depths)
+        self.apply(init_linear_trunc_normal)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward_features(x).contiguous()
@@ -250,11 +236,11 @@ def checkpoint_filter_fn(state_dict, model: MaxViT):
 
 # ---- variants -----------------------------------------------------------------------------------
 _SIZES = {
-    "tiny": dict(embed_dims=(64, 128, 256, 512), depths=(2, 2, 5, 2), stem_width=64),
-    "small": dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 5, 2), stem_width=64),
-    "base": dict(embed_dims=(96, 192, 384, 768), depths=(2, 6, 14, 2), stem_width=64),
-    "large": dict(embed_dims=(128, 256, 512, 1024), depths=(2, 6, 14, 2), stem_width=128),
-    "xlarge": dict(embed_dims=(192, 384, 768, 1536), depths=(2, 6, 14, 2), stem_width=192),
+    "tiny": dict(widths=(64, 128, 256, 512), depths=(2, 2, 5, 2), stem_width=64),
+    "small": dict(widths=(96, 192, 384, 768), depths=(2, 2, 5, 2), stem_width=64),
+    "base": dict(widths=(96, 192, 384, 768), depths=(2, 6, 14, 2), stem_width=64),
+    "large": dict(widths=(128, 256, 512, 1024), depths=(2, 6, 14, 2), stem_width=128),
+    "xlarge": dict(widths=(192, 384, 768, 1536), depths=(2, 6, 14, 2), stem_width=192),
 }
 #: registered (size, resolution) pairs: those with a reference parameter count (timm's TF ports);
 #: other resolutions are one override away, e.g. create_model("maxvit_small", window=16) for 512
@@ -273,14 +259,10 @@ _KEYS = {_name(s, r): (s, r) for s, rs in _RES.items() for r in rs}
 
 
 def _pretrained_cfg(res: int) -> dict:
-    return dict(num_classes=1000, input_size=(3, res, res), pool_size=(res // 32,) * 2,
-                crop_pct=0.95 if res == 224 else 1.0, crop_mode="squash" if res != 224 else "center",
-                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv="stem.conv1", classifier="head.fc", license="apache-2.0",
-                paper_name="MaxViT: Multi-Axis Vision Transformer", paper_ids="arXiv:2204.01697",
-                origin_url="https://github.com/google-research/maxvit",
-                notes=("Weights are not hosted by visionzoo; timm's maxvit_*_tf_* state_dicts (the TF-ported "
-                       "official weights) load with create_model(name, checkpoint_path=...).",))
+    return pretrained_cfg(paper=("MaxViT: Multi-Axis Vision Transformer", "arXiv:2204.01697"),
+                          origin_url="https://github.com/google-research/maxvit", first_conv="stem.conv1",
+                          load="a timm maxvit_*_tf_* state_dict (the TF-ported official weights)", size=res,
+                          crop_pct=0.95 if res == 224 else 1.0, crop_mode="squash" if res != 224 else "center")
 
 
 register_family(
@@ -290,4 +272,7 @@ register_family(
                   **({"top1": _TOP1[(s, r)], "top1_source": "MaxViT README (ImageNet-1k)"} if (s, r) in _TOP1 else {}))
           for n, (s, r) in _KEYS.items()},
     paper="MaxViT (multi-axis block + grid attention)",
+    # window 4 (so a 64 px input pads every stage's partitions but the first), 32-wide heads
+    tiny=lambda cfg: dict(widths=(32, 32, 64, 64), depths=(1, 1, 1, 1), stem_width=16, window=4),
+    aliases={"embed_dims": "widths"},
 )

@@ -9,13 +9,17 @@ position embedding.
 
 The 12 layers are grouped into 4 "stages" of 3 (no downsampling between them), so the contract's
 feature taps are layers 3, 6, 9 and 12, all at stride 16; the official flat ``layers.{j}`` keys
-map onto ``stages.{j // 3}.blocks.{j % 3}``. Built by :class:`~visionzoo.models.nat.NATransformer`.
+map onto ``stages.{j // 3}.blocks.{j % 3}``. A :class:`~visionzoo.models.nat.NATCfg` with a patch stem
+and ``downsample='none'``, built by :class:`~visionzoo.models._hierarchical.HierarchicalNet`.
 """
 from __future__ import annotations
 
-from .nat import (DINAT_PAPER, NATCfg, NATransformer, checkpoint_filter_fn, official_kwargs_check,
-                  official_model_kwargs, pretrained_cfg)
+import dataclasses
+
+from ._hierarchical import HierarchicalNet, MixerCfg, StemCfg
 from ._registry import register_family
+from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_kwargs_check,
+                  official_model_kwargs, tiny)
 
 __all__ = ["VARIANTS", "isotropic_cfg"]
 
@@ -26,7 +30,7 @@ def _group(depth: int, groups: int = 4) -> tuple[int, ...]:
 
 
 def isotropic_cfg(embed_dim: int, num_heads: int, depth: int = 12, kernel_size: int | None = 7, dilation: int = 1,
-                  table: int = 14, **kw) -> NATCfg:
+                  table: int = 14, patch_size: int = 16, patch_norm: bool = True, **kw) -> NATCfg:
     """Isotropic config: ``kernel_size=None`` is ViT-RPB; otherwise layer ``i`` uses dilation 1 for even
     ``i`` and ``dilation`` for odd ``i``, as the official model."""
     depths = _group(depth)
@@ -34,8 +38,8 @@ def isotropic_cfg(embed_dim: int, num_heads: int, depth: int = 12, kernel_size: 
     dilations = tuple(tuple(1 if (a + j) % 2 == 0 else dilation for j in range(d)) for a, d in zip(starts, depths))
     fields = dict(depths=depths, num_heads=(num_heads,) * len(depths), embed_dim=embed_dim, mlp_ratio=4.0,
                   kernel_size=kernel_size or 7, dilations=dilations if kernel_size and dilation > 1 else None,
-                  stem="patch", patch_size=16, downsample="none", attn="na" if kernel_size else "global",
-                  rpb_table=table)
+                  stem=StemCfg("patch", patch_size, patch_norm), downsample="none",
+                  mixer=MixerCfg("na") if kernel_size else MixerCfg("global_rpb", dict(table_size=table)))
     return NATCfg(**{**fields, **kw})
 
 
@@ -58,10 +62,11 @@ def _official(kw: dict):
     img = img[0] if isinstance(img, (tuple, list)) else img
     cfg = isotropic_cfg(int(kw.get("embed_dim", 384)), int(kw.get("num_heads", 12)), int(kw.get("depth", 12)),
                         None if vit else int(kw.get("kernel_size", 7)), 1 if vit else int(kw.get("dilation", 2) or 1),
-                        table=int(img) // patch, patch_size=patch, mlp_ratio=float(kw.get("mlp_ratio", 4.0)),
-                        qkv_bias=bool(kw.get("qkv_bias", True)), qk_scale=kw.get("qk_scale"),
-                        stem_norm=bool(kw.get("patch_norm", True)))
-    return ("vitrpb_small" if vit else "nat_isotropic_small"), dict(cfg.__dict__), official_model_kwargs(kw, 0.1)
+                        table=int(img) // patch, patch_size=patch, patch_norm=bool(kw.get("patch_norm", True)),
+                        mlp_ratio=float(kw.get("mlp_ratio", 4.0)), qkv_bias=bool(kw.get("qkv_bias", True)),
+                        qk_scale=kw.get("qk_scale"))
+    overrides = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return ("vitrpb_small" if vit else "nat_isotropic_small"), overrides, official_model_kwargs(kw, 0.1)
 
 
 VARIANTS = {
@@ -79,11 +84,11 @@ _FACTS = {
 }
 
 register_family(
-    __name__, "nat_isotropic", NATransformer, VARIANTS,
-    {n: pretrained_cfg(DINAT_PAPER, "stem.proj", reduction=16) for n in VARIANTS},
+    __name__, "nat_isotropic", HierarchicalNet, VARIANTS,
+    {n: nat_pretrained_cfg(DINAT_PAPER, "stem.proj", reduction=16) for n in VARIANTS},
     checkpoint_filter_fn,
     meta={n: dict(official_params_key=n, top1=t, top1_source="DiNAT README, isotropic models (ImageNet-1k, 224)")
           for n, t in _FACTS.items()},
     official={"nat_isotropic": _official},
-    paper="Isotropic NAT / DiNAT and ViT with relative position bias",
+    paper="Isotropic NAT / DiNAT and ViT with relative position bias", tiny=tiny,
 )

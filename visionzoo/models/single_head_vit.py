@@ -22,14 +22,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, SqueezeExcite, trunc_normal_
 
 from .. import convert
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.conv_bn import ConvBN, ResidualBN, bn_scale_shift, fuse_modules
 from ..blocks.single_head_attn import SingleHeadAttn
-from ._base import Backbone, Stage
+from ._base import Backbone, Stage, pretrained_cfg
 from ._registry import register_family
 
 __all__ = ["SHViTCfg", "SHViT", "VARIANTS"]
@@ -37,7 +36,7 @@ __all__ = ["SHViTCfg", "SHViT", "VARIANTS"]
 
 @dataclass(frozen=True)
 class SHViTCfg:
-    embed_dims: tuple[int, ...] = (128, 256, 384)
+    widths: tuple[int, ...] = (128, 256, 384)
     partial_dims: tuple[int, ...] = (32, 64, 96)
     qk_dims: tuple[int, ...] = (16, 16, 16)
     depths: tuple[int, ...] = (1, 2, 3)
@@ -45,7 +44,7 @@ class SHViTCfg:
     types: tuple[str, ...] = ("s", "s", "s")
 
     def __post_init__(self):
-        n = len(self.embed_dims)
+        n = len(self.widths)
         for name in ("partial_dims", "qk_dims", "depths", "types"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"SHViTCfg.{name} needs one entry per stage ({n}), got {getattr(self, name)!r}")
@@ -154,13 +153,13 @@ class SHViT(Backbone):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.cfg = cfg
-        c = cfg.embed_dims[0]
+        c = cfg.widths[0]
         self.stem = ChannelsLastStem(ConvBN(in_chans, c // 8, 3, 2, 1, **dd), nn.ReLU(),
                                      ConvBN(c // 8, c // 4, 3, 2, 1, **dd), nn.ReLU(),
                                      ConvBN(c // 4, c // 2, 3, 2, 1, **dd), nn.ReLU(),
                                      ConvBN(c // 2, c, 3, 2, 1, **dd))
         stages, prev = [], c
-        for dim, pdim, qk, depth, kind in zip(cfg.embed_dims, cfg.partial_dims, cfg.qk_dims, cfg.depths, cfg.types):
+        for dim, pdim, qk, depth, kind in zip(cfg.widths, cfg.partial_dims, cfg.qk_dims, cfg.depths, cfg.types):
             down = nn.Identity() if dim == prev else nn.Sequential(
                 _dw(prev, dd), _ffn(prev, dd), PatchMerging(prev, dim, **dd), _dw(dim, dd), _ffn(dim, dd))
             stages.append(Stage(down, [SHViTBlock(dim, qk, pdim, kind, **dd) for _ in range(depth)]))
@@ -168,12 +167,8 @@ class SHViT(Backbone):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.Identity()
         self.head = NormLinearHead(prev, num_classes, global_pool, drop_rate, **dd)
-        reductions = [16 * 2 ** i for i in range(len(cfg.embed_dims))]
-        self._finish(in_chans, num_classes, cfg.embed_dims, reductions, global_pool)
-
-    @staticmethod
-    def num_stages(cfg: SHViTCfg) -> int:
-        return len(cfg.embed_dims)
+        reductions = [16 * 2 ** i for i in range(len(cfg.widths))]
+        self._finish(in_chans, num_classes, cfg.widths, reductions, global_pool)
 
     @torch.no_grad()
     def fuse(self) -> "SHViT":
@@ -213,13 +208,9 @@ def _official(kw: dict):
     """``SHViT(in_chans=3, num_classes=1000, embed_dim=[128, 256, 384], partial_dim=[32, 64, 96],
     qk_dim=[16, 16, 16], depth=[1, 2, 3], types=['s', 's', 's'], down_ops=[['subsample', 2],
     ['subsample', 2], ['']], distillation=False)``."""
-    allowed = {"in_chans", "num_classes", "embed_dim", "partial_dim", "qk_dim", "depth", "types", "down_ops",
-               "distillation"}
-    unknown = set(kw) - allowed
-    if unknown:
-        raise TypeError(f"from_official('shvit'): unsupported official arguments {sorted(unknown)}")
-    if kw.get("distillation"):
-        raise NotImplementedError("from_official('shvit'): the distillation head is not implemented")
+    kw = convert.check_official_kwargs("shvit", kw, {"in_chans", "num_classes", "embed_dim", "partial_dim", "qk_dim",
+                                                     "depth", "types", "down_ops", "distillation"},
+                                       supported=dict(distillation=False))
     dims = tuple(kw.get("embed_dim", (128, 256, 384)))
     down = [tuple(d) for d in kw.get("down_ops", [["subsample", 2], ["subsample", 2], [""]])]
     # the official net downsamples into stage i + 1 when down_ops[i] is ('subsample', 2); ours when the width changes
@@ -227,7 +218,7 @@ def _official(kw: dict):
         if (down[i][:1] == ("subsample",)) != (dims[i] != dims[i + 1]):
             raise NotImplementedError(f"from_official('shvit'): down_ops {down} with embed_dim {list(dims)} "
                                       "(a downsample exactly where the width changes is implemented)")
-    overrides = dict(embed_dims=dims, partial_dims=tuple(kw.get("partial_dim", (32, 64, 96))),
+    overrides = dict(widths=dims, partial_dims=tuple(kw.get("partial_dim", (32, 64, 96))),
                      qk_dims=tuple(kw.get("qk_dim", (16, 16, 16))), depths=tuple(kw.get("depth", (1, 2, 3))),
                      types=tuple(kw.get("types", ("s", "s", "s"))))
     return "shvit_s1", overrides, dict(num_classes=kw.get("num_classes", 1000), in_chans=kw.get("in_chans", 3))
@@ -235,7 +226,7 @@ def _official(kw: dict):
 
 # ---- variants -----------------------------------------------------------------------------------
 def _cfg(dims, depths, pdims) -> SHViTCfg:
-    return SHViTCfg(embed_dims=dims, partial_dims=pdims, qk_dims=(16, 16, 16), depths=depths, types=("i", "s", "s"))
+    return SHViTCfg(widths=dims, partial_dims=pdims, qk_dims=(16, 16, 16), depths=depths, types=("i", "s", "s"))
 
 
 VARIANTS = {
@@ -248,14 +239,10 @@ _TOP1 = {"shvit_s1": 72.8, "shvit_s2": 75.2, "shvit_s3": 77.4, "shvit_s4": 79.4}
 
 
 def _pretrained_cfg(name: str) -> dict:
-    size = 256 if name == "shvit_s4" else 224
-    return dict(num_classes=1000, input_size=(3, size, size), pool_size=(size // 64,) * 2, crop_pct=0.875,
-                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv="stem.0.c", classifier="head.fc", license="mit",
-                paper_name="SHViT: Single-Head Vision Transformer with Memory Efficient Macro Design",
-                paper_ids="arXiv:2401.16456", origin_url="https://github.com/ysj9909/SHViT",
-                notes=("Weights are not hosted by visionzoo; official and timm checkpoints load with "
-                       "create_model(name, checkpoint_path=...).",))
+    return pretrained_cfg(paper=("SHViT: Single-Head Vision Transformer with Memory Efficient Macro Design",
+                                 "arXiv:2401.16456"), origin_url="https://github.com/ysj9909/SHViT",
+                          first_conv="stem.0.c", load="an official or timm checkpoint",
+                          size=256 if name == "shvit_s4" else 224, reduction=64, license="mit")
 
 
 register_family(
@@ -263,4 +250,6 @@ register_family(
     meta={n: dict(official_params_key=n, top1=t, top1_source="SHViT README (ImageNet-1k)") for n, t in _TOP1.items()},
     official={"shvit": _official},
     paper="SHViT (single-head attention over partial channels)",
+    tiny=lambda cfg: dict(widths=(16, 24, 32), partial_dims=(4, 8, 8), depths=(1, 1, 1)),
+    aliases={"embed_dims": "widths"},
 )
