@@ -1,0 +1,73 @@
+"""The hierarchical builder: a family declared as a config over it (the CONTRIBUTING example), the
+token-mixer / MLP / stem / downsample tables and their errors."""
+import dataclasses
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from visionzoo.blocks import DWConvMlp, NeighborhoodAttn2d, create_token_mixer
+from visionzoo.models._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg
+
+from ._any_size import check_train_and_eval
+
+
+@dataclass(frozen=True)
+class ToyCfg:
+    """A PVTv2-like family in a few lines: patch stem, Swin merging, NA mixers, DW-conv MLPs."""
+    depths: tuple[int, ...] = (1, 2, 1, 1)
+    widths: tuple[int, ...] = (16, 32, 32, 64)
+    num_heads: tuple[int, ...] = (1, 2, 2, 4)
+    mlp_ratio: float = 2.0
+
+    def arch(self) -> HierarchicalCfg:
+        return HierarchicalCfg(
+            tuple(StageCfg(d, w, h, MixerCfg("na", dict(kernel_size=3), cycle=dict(dilation=(1, 2))),
+                           BlockCfg(self.mlp_ratio, mlp_layer="dwconv_mlp"))
+                  for d, w, h in zip(self.depths, self.widths, self.num_heads)),
+            stem=StemCfg("patch", 4), downsample="merge")
+
+
+def test_family_declared_over_the_builder():
+    model = HierarchicalNet(ToyCfg(), num_classes=5, drop_path_rate=0.1)
+    assert model.cfg == ToyCfg() and [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    assert isinstance(model.stages[1].blocks[0].mlp, DWConvMlp)
+    assert [b.attn.dilation for b in model.stages[1].blocks] == [(1, 1), (2, 2)]  # the cycle
+    check_train_and_eval(model, [(32, 32), (45, 61)], batch=2)
+
+
+def test_hierarchical_cfg_directly_and_isotropic():
+    arch = HierarchicalCfg((StageCfg(1, 32, 2, MixerCfg("global_rpb", dict(table_size=4))),) * 3,
+                           stem=StemCfg("patch", 8), downsample="none", final_norm="batchnorm")
+    model = HierarchicalNet(arch, num_classes=3)
+    assert arch.reductions == (8, 8, 8) and model.cfg is arch
+    check_train_and_eval(model, [(40, 24)], batch=2)
+    assert dataclasses.replace(arch, downsample="conv_ln").reductions == (8, 16, 32)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: StemCfg("nat", 8), "stride 4"),
+    (lambda: StemCfg("bogus"), "unknown kind"),
+    (lambda: MixerCfg("bogus"), "unknown kind"),
+    (lambda: BlockCfg(mlp_layer="bogus"), "unknown kind"),
+    (lambda: HierarchicalCfg((StageCfg(1, 8, 1),), downsample="bogus"), "unknown kind"),
+    (lambda: create_token_mixer("global_lepe", 8, 1, proj_drop=0.1), "takes no proj_drop"),
+])
+def test_table_errors_name_the_choices(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_token_mixer_table_passes_runtime_arguments():
+    attn = create_token_mixer("na", 16, 2, kernel_size=3, dilation=2, backend="reference")
+    assert isinstance(attn, NeighborhoodAttn2d) and attn.backend == "reference" and attn.dilation == (2, 2)
+    with pytest.raises(TypeError):
+        create_token_mixer("na", 16, 2, kernel_size=3, not_an_option=1)
+
+
+def test_dwconv_mlp_mixes_neighbouring_tokens():
+    mlp = DWConvMlp(8, 16)
+    x = torch.zeros(1, 5, 5, 8, requires_grad=True)
+    mlp(x)[0, 2, 2].sum().backward()
+    touched = (x.grad.abs().sum(-1)[0] > 0).nonzero().tolist()
+    assert sorted(touched) == [[i, j] for i in (1, 2, 3) for j in (1, 2, 3)]
