@@ -87,15 +87,16 @@ def test_padding_never_reaches_real_tokens(backend):
     """Backends get zero-padded maps; garbage in the padding instead changes no real output or
     real-token gradient (padded keys are masked, not merely zero)."""
     from visionzoo.ops import _backend
-    from visionzoo.ops.routing import _pad, _route
+    from visionzoo.ops.partition import pad_to_size
+    from visionzoo.ops.routing import _route
     q, k, v = _inputs(13, 10, 2, 8, 8)
     fn, _ = _backend.resolve("bra", q, k, v, backend=backend)
-    idx = _route(_pad(q, 14, 14).detach(), _pad(k, 14, 14).detach(), 7, 3, (13, 10))
+    idx = _route(pad_to_size(q, (14, 14)).detach(), pad_to_size(k, (14, 14)).detach(), 7, 3, (13, 10))
     results = []
     for fill in (0.0, 1e3):
         padded = []
         for t in (q, k, v):
-            p = _pad(t, 14, 14)
+            p = pad_to_size(t, (14, 14))
             garbage = torch.zeros_like(p)
             garbage[:, 13:], garbage[:, :, 10:] = fill, -fill
             padded.append(p + garbage)

@@ -1,6 +1,31 @@
 """Functional ops: tensor in, tensor out. Each heavy op has its own sub-package with a
 ``reference.py`` oracle, a fast ``cpu.py`` path and a ``triton.py`` kernel, chosen by
-:mod:`visionzoo.ops._backend`."""
-from ._backend import BACKENDS, BackendUnavailable, current_backend, use_backend
+:mod:`visionzoo.ops._backend`; padding and window partitioning live in :mod:`.partition`.
 
-__all__ = ["BACKENDS", "BackendUnavailable", "current_backend", "use_backend"]
+Front doors (token maps are channels-last, ``[B, H, W, heads, D]``):
+
+* :func:`na1d`, :func:`na2d`: (dilated, strided) neighborhood attention;
+* :func:`bra`, :func:`bra_routing`: bi-level routing attention and its routing step;
+* :func:`halo_attn`: halo (blocked local) attention.
+
+Backend control: :func:`use_backend`, :func:`current_backend`, :data:`BACKENDS`,
+:class:`BackendUnavailable`, :func:`triton_unavailable`. Importing this package never imports
+Triton: kernels load on first use.
+"""
+from ._backend import BACKENDS, BackendUnavailable, current_backend, triton_unavailable, use_backend
+from .halo import halo_attn
+from .neighborhood import na1d, na2d
+from .routing import bra, bra_routing
+
+__all__ = [
+    "na1d",
+    "na2d",
+    "bra",
+    "bra_routing",
+    "halo_attn",
+    "BACKENDS",
+    "BackendUnavailable",
+    "current_backend",
+    "triton_unavailable",
+    "use_backend",
+]

@@ -1,9 +1,11 @@
 """Padding and window partitioning of token maps: the one layer every op and block uses.
 
 Maps are ``[B, H, W, ...]`` (``layout="nhwc"``: channels-last token maps, possibly with trailing
-``heads, D`` dims) or ``[B, C, H, W]`` (``layout="nchw"``). Padding is always zeros at the bottom
-and right, and every pad returns the real ``(H, W)`` so the caller (or the op) can mask the padding
-and crop it off. Nothing is copied when there is nothing to pad or crop.
+``heads, D`` dims) or ``[B, C, H, W]`` (``layout="nchw"``). :func:`pad_to_multiple` and
+:func:`pad_to_size` pad with zeros at the bottom and right (``pad_to_multiple`` returns the real
+``(H, W)`` so the caller, or the op, can mask the padding and crop it off); :func:`pad_map` pads any
+side (e.g. a halo all around, or a shifted window's top/left) and :func:`crop` takes a window at any
+``start``. Nothing is copied when there is nothing to pad or crop.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_2tuple", "padded_size", "pad_to_multiple", "pad_to_size", "crop", "to_windows", "from_windows"]
+__all__ = ["to_2tuple", "padded_size", "pad_map", "pad_to_multiple", "pad_to_size", "crop", "to_windows",
+           "from_windows"]
 
 
 def to_2tuple(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -37,16 +40,26 @@ def _hw_dims(x: torch.Tensor, layout: str) -> tuple[int, int]:
     raise ValueError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
 
 
+def pad_map(x: torch.Tensor, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0,
+            layout: str = "nhwc") -> torch.Tensor:
+    """Zero-pad the map of ``x`` by ``top``/``bottom`` rows and ``left``/``right`` columns (each >= 0;
+    one copy, none when all are 0)."""
+    for name, n in (("top", top), ("bottom", bottom), ("left", left), ("right", right)):
+        if n < 0:
+            raise ValueError(f"pad_map: {name} must be >= 0, got {n}")
+    dh, dw = _hw_dims(x, layout)
+    if not (top or bottom or left or right):
+        return x  # F.pad copies even when there is nothing to pad
+    return F.pad(x, [0, 0] * (x.dim() - 1 - dw) + [left, right, top, bottom])  # F.pad lists the last dim first
+
+
 def pad_to_size(x: torch.Tensor, size: Sequence[int], layout: str = "nhwc") -> torch.Tensor:
     """Zero-pad the map of ``x`` at the bottom/right to ``size = (Hp, Wp)`` (each >= the map's)."""
     dh, dw = _hw_dims(x, layout)
     ph, pw = size[0] - x.shape[dh], size[1] - x.shape[dw]
     if ph < 0 or pw < 0:
         raise ValueError(f"pad_to_size: size {tuple(size)} is smaller than the map {tuple(x.shape[dh:dw + 1])}")
-    if ph == 0 and pw == 0:
-        return x  # F.pad copies even when there is nothing to pad
-    pad = [0, 0] * (x.dim() - 1 - dw) + [0, pw, 0, ph]  # F.pad lists the last dim first
-    return F.pad(x, pad)
+    return pad_map(x, 0, ph, 0, pw, layout)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int], layout: str = "nhwc"
@@ -62,12 +75,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int], layout: str 
     return pad_to_size(x, padded_size(size, multiple), layout), size
 
 
-def crop(x: torch.Tensor, size: Sequence[int], layout: str = "nhwc") -> torch.Tensor:
-    """The top-left ``size = (H, W)`` of the map (a view; ``x`` itself when nothing is cropped)."""
+def crop(x: torch.Tensor, size: Sequence[int], layout: str = "nhwc", start: Sequence[int] = (0, 0)) -> torch.Tensor:
+    """The ``size = (H, W)`` window of the map at row/column ``start`` (default the top-left; a view,
+    ``x`` itself when nothing is cropped)."""
     dh, dw = _hw_dims(x, layout)
-    if (x.shape[dh], x.shape[dw]) == tuple(size):
+    if (x.shape[dh], x.shape[dw]) == tuple(size) and tuple(start) == (0, 0):
         return x
-    return x.narrow(dh, 0, size[0]).narrow(dw, 0, size[1])
+    if start[0] < 0 or start[1] < 0 or start[0] + size[0] > x.shape[dh] or start[1] + size[1] > x.shape[dw]:
+        raise ValueError(f"crop: window {tuple(size)} at start {tuple(start)} is outside the map "
+                         f"{(x.shape[dh], x.shape[dw])}")
+    return x.narrow(dh, start[0], size[0]).narrow(dw, start[1], size[1])
 
 
 def to_windows(x: torch.Tensor, window: int | Sequence[int]) -> torch.Tensor:

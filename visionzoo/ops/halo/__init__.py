@@ -20,10 +20,10 @@ are done here once for all of them, so autograd carries the gradients of ``rel_h
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import _backend
 from .._checks import check_qkv, triton_attention_can_run
+from ..partition import crop, pad_map, pad_to_size, padded_size
 
 __all__ = ["halo_attn", "halo_geometry"]
 
@@ -42,8 +42,7 @@ _backend.register_op(
 def halo_geometry(size: tuple[int, int], block_size: int, stride: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(padded map size, query map size)`` for a ``size`` key map: the padded map is the next
     multiple of ``block_size``; queries number ``ceil(n / stride)`` per axis (a strided 1x1 conv's)."""
-    padded = tuple(-(-n // block_size) * block_size for n in size)
-    return padded, tuple(-(-n // stride) for n in size)
+    return padded_size(size, block_size), tuple(-(-n // stride) for n in size)
 
 
 def _check(q, k, v, block_size, halo_size, stride, rel_h, rel_w):
@@ -93,13 +92,13 @@ def halo_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int
     (hp, wp), (hq, wq) = halo_geometry(tuple(k.shape[1:3]), block_size, stride)
     bq = block_size // stride
     h = halo_size
-    kv_pad = (0, 0, 0, 0, h, h + wp - k.shape[2], h, h + hp - k.shape[1])
-    kp, vp = F.pad(k, kv_pad), F.pad(v, kv_pad)
-    qp = F.pad(q, (0, 0, 0, 0, 0, wp // stride - wq, 0, hp // stride - hq))
+    # keys: the halo on every side, plus the block padding at the bottom/right
+    kp, vp = (pad_map(t, h, h + hp - k.shape[1], h, h + wp - k.shape[2]) for t in (k, v))
+    qp = pad_to_size(q, (hp // stride, wp // stride))
     eh = ew = None
     if rel_h is not None:
         eh = torch.matmul(qp, rel_h.to(q.dtype).t())
         ew = torch.matmul(qp, rel_w.to(q.dtype).t())
     fn, _ = _backend.resolve("halo_attn", qp, kp, vp, backend=backend, block=bq, halo=h)
     out = fn(qp, kp, vp, eh, ew, bq, block_size, halo_size, scale)
-    return out[:, :hq, :wq]
+    return crop(out, (hq, wq))

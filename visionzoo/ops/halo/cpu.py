@@ -1,6 +1,7 @@
 """CPU path of halo attention: one ``scaled_dot_product_attention`` call over all blocks.
 
-Blocks become the batch: queries ``[B * blocks, heads, bq^2, D]`` against their windows' keys
+Blocks become the batch: queries ``[B * blocks, heads, bq^2, D]`` (the block partition of
+:func:`visionzoo.ops.partition.to_windows`, heads-first as a view) against their windows' keys
 ``[B * blocks, heads, win^2, D]`` (one unfold copy). The relative-position bias depends on the
 query, so it cannot be a precomputed mask; instead it rides inside the dot product:
 each query gets ``2 * win`` extra channels (its ``eh``/``ew`` entries for every window row and
@@ -13,16 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..partition import from_windows, to_windows
 from .reference import window_index
 
 __all__ = ["halo_cpu"]
 
 
 def _blocks(t: torch.Tensor, bq: int) -> torch.Tensor:
-    """``[B, nh*bq, nw*bq, heads, D]`` -> ``[B*nh*nw, heads, bq*bq, D]``."""
-    B, H, W, heads, D = t.shape
-    t = t.view(B, H // bq, bq, W // bq, bq, heads, D).permute(0, 1, 3, 5, 2, 4, 6)
-    return t.reshape(B * (H // bq) * (W // bq), heads, bq * bq, D)
+    """``[B, nh*bq, nw*bq, heads, D]`` -> ``[B*nh*nw, heads, bq*bq, D]`` (one copy; heads-first is a view)."""
+    return to_windows(t, bq).flatten(0, 1).transpose(1, 2)
 
 
 def _windows(t: torch.Tensor, block: int, win: int) -> torch.Tensor:
@@ -49,7 +49,7 @@ def _bias_channels(eh, ew, bq, win):
 
 def halo_cpu(qp, kp, vp, eh, ew, bq, block, halo, scale):
     """Padded inputs (see :mod:`.reference`) -> ``[B, nh*bq, nw*bq, heads, Dv]``."""
-    B, hq, wq, heads, _ = qp.shape
+    B, hq, wq = qp.shape[:3]
     win = block + 2 * halo
     q, k, v = _blocks(qp, bq), _windows(kp, block, win), _windows(vp, block, win)
     if eh is None:
@@ -59,6 +59,4 @@ def halo_cpu(qp, kp, vp, eh, ew, bq, block, halo, scale):
         q = torch.cat([q * scale, u], -1)
         k = torch.cat([k, onehot.expand(*k.shape[:2], *onehot.shape)], -1)
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
-    Dv = out.shape[-1]
-    out = out.view(B, hq // bq, wq // bq, heads, bq, bq, Dv).permute(0, 1, 4, 2, 5, 3, 6)
-    return out.reshape(B, hq, wq, heads, Dv)
+    return from_windows(out.transpose(1, 2).unflatten(0, (B, -1)), bq, (hq, wq))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from .._checks import check_qkv, triton_attention_can_run
+from ..partition import crop, pad_to_size, padded_size
 
 __all__ = ["bra", "bra_routing", "region_geometry"]
 
@@ -53,12 +54,6 @@ def _check(q, k, v, n_win, topk):
     for name, val in (("n_win", n_win), ("topk", topk)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"{name} must be an int >= 1, got {val!r}")
-
-
-def _pad(t: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
-    if (hp, wp) == tuple(t.shape[1:3]):
-        return t  # F.pad copies even when there is nothing to pad
-    return F.pad(t, (0, 0, 0, 0, 0, wp - t.shape[2], 0, hp - t.shape[1]))
 
 
 @torch.no_grad()
@@ -95,8 +90,8 @@ def bra_routing(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torc
     """The routed regions of :func:`bra`: ``[B, n_win^2, min(topk, n_win^2)]`` key-region indices
     (row-major region order) for every query region, highest affinity first."""
     _check(q, k, k, n_win, topk)
-    hp, wp = (r * n_win for r in region_geometry(tuple(q.shape[1:3]), n_win))
-    return _route(_pad(q, hp, wp), _pad(k, hp, wp), n_win, topk, tuple(q.shape[1:3]), ordered=True)
+    size = padded_size(q.shape[1:3], n_win)
+    return _route(pad_to_size(q, size), pad_to_size(k, size), n_win, topk, tuple(q.shape[1:3]), ordered=True)
 
 
 def bra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, topk: int, scale: float | None = None,
@@ -116,9 +111,9 @@ def bra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, topk: int
     _check(q, k, v, n_win, topk)
     H, W = q.shape[1:3]
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    hp, wp = (r * n_win for r in region_geometry((H, W), n_win))
-    qp, kp, vp = _pad(q, hp, wp), _pad(k, hp, wp), _pad(v, hp, wp)
+    size = padded_size((H, W), n_win)
+    qp, kp, vp = (pad_to_size(t, size) for t in (q, k, v))
     idx = _route(qp.detach(), kp.detach(), n_win, topk, (H, W))
     fn, _ = _backend.resolve("bra", qp, kp, vp, backend=backend, n_win=n_win)
     out = fn(qp, kp, vp, idx, n_win, scale, (H, W))
-    return out[:, :H, :W]
+    return crop(out, (H, W))

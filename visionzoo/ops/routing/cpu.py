@@ -19,7 +19,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .reference import from_regions, key_valid, to_regions
+from ..partition import from_windows, to_windows
+from .reference import key_valid
 
 __all__ = ["bra_cpu", "DENSE_SHARE"]
 
@@ -114,5 +115,5 @@ def bra_cpu(qp, kp, vp, idx, n_win, scale, valid):
     if idx.shape[-1] >= DENSE_SHARE * R:
         return _masked_dense(qp, kp, vp, idx, n_win, scale, valid)
     ok = None if tuple(valid) == (hp, wp) else key_valid(n_win, rh, rw, valid, qp.device)
-    qr, kr, vr = (to_regions(t, n_win) for t in (qp, kp, vp))
-    return from_regions(_gather_sdpa(qr, kr, vr, idx, scale, ok), n_win, rh, rw)
+    qr, kr, vr = (to_windows(t, (rh, rw)) for t in (qp, kp, vp))
+    return from_windows(_gather_sdpa(qr, kr, vr, idx, scale, ok), (rh, rw), (hp, wp))

@@ -2,7 +2,8 @@
 
 Inputs are padded by :func:`visionzoo.ops.routing.bra`: maps ``[B, n*rh, n*rw, heads, D]``, routing
 indices ``idx [B, n^2, topk]`` and the real size ``valid = (Hv, Wv)``. Region ``r = (r // n, r % n)``
-holds the tokens ``(ry*rh + a, rx*rw + c)``. Every query of region ``r`` attends to the tokens of
+holds the tokens ``(ry*rh + a, rx*rw + c)``: the ``rh x rw`` windows of
+:func:`visionzoo.ops.partition.to_windows`. Every query of region ``r`` attends to the tokens of
 regions ``idx[b, r, :]`` with row ``< Hv`` and column ``< Wv``. The routed K/V are gathered
 explicitly (``topk``-fold memory, the official ``bra_legacy`` formulation).
 """
@@ -10,20 +11,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["bra_reference", "to_regions", "from_regions", "key_valid"]
+from ..partition import from_windows, to_windows
 
-
-def to_regions(t: torch.Tensor, n_win: int) -> torch.Tensor:
-    """``[B, n*rh, n*rw, heads, D]`` -> ``[B, n^2, rh*rw, heads, D]`` (a copy)."""
-    B, hp, wp, heads, D = t.shape
-    rh, rw = hp // n_win, wp // n_win
-    return t.reshape(B, n_win, rh, n_win, rw, heads, D).transpose(2, 3).reshape(B, n_win * n_win, rh * rw, heads, D)
-
-
-def from_regions(t: torch.Tensor, n_win: int, rh: int, rw: int) -> torch.Tensor:
-    """Inverse of :func:`to_regions`."""
-    B, _, _, heads, D = t.shape
-    return t.reshape(B, n_win, n_win, rh, rw, heads, D).transpose(2, 3).reshape(B, n_win * rh, n_win * rw, heads, D)
+__all__ = ["bra_reference", "key_valid"]
 
 
 def key_valid(n_win: int, rh: int, rw: int, valid: tuple[int, int], device=None) -> torch.Tensor:
@@ -38,7 +28,7 @@ def bra_reference(qp, kp, vp, idx, n_win, scale, valid):
     """Padded inputs (see the module docstring) -> ``[B, n*rh, n*rw, heads, Dv]``."""
     B, hp, wp = qp.shape[:3]
     rh, rw = hp // n_win, wp // n_win
-    qr, kr, vr = (to_regions(t, n_win) for t in (qp, kp, vp))
+    qr, kr, vr = (to_windows(t, (rh, rw)) for t in (qp, kp, vp))
     b = torch.arange(B, device=qp.device)[:, None, None]
     k_sel, v_sel = kr[b, idx], vr[b, idx]  # [B, R, topk, T, heads, D]
     logits = torch.einsum("brthd,brkshd->brhtks", qr * scale, k_sel)
@@ -46,4 +36,4 @@ def bra_reference(qp, kp, vp, idx, n_win, scale, valid):
     logits = logits.masked_fill(~ok[:, :, None, None], float("-inf"))
     attn = logits.flatten(-2).softmax(-1).view_as(logits)
     out = torch.einsum("brhtks,brkshd->brthd", attn, v_sel)
-    return from_regions(out, n_win, rh, rw)
+    return from_windows(out, (rh, rw), (hp, wp))
