@@ -37,11 +37,13 @@ class Case:
     stride: tuple[int, int] = (1, 1)
     rpb: bool = True
     valid: tuple[int, int] | None = None  # real size of a zero-padded map
+    shift: tuple[int, int] | None = None  # Swin's shifted windows (stride == kernel)
 
     def __str__(self):
         return (f"{self.H}x{self.W}-h{self.heads}-D{self.D}v{self.Dv}-k{self.kernel[0]}x{self.kernel[1]}"
                 f"-d{self.dilation[0]}x{self.dilation[1]}-s{self.stride[0]}x{self.stride[1]}"
-                f"{'-rpb' if self.rpb else ''}{'-valid%dx%d' % self.valid if self.valid else ''}")
+                f"{'-rpb' if self.rpb else ''}{'-valid%dx%d' % self.valid if self.valid else ''}"
+                f"{'-shift%dx%d' % self.shift if self.shift else ''}")
 
 
 CASES = [
@@ -58,6 +60,14 @@ CASES = [
     Case(10, 12, 1, 64, 64, (5, 5), (2, 1)),  # head dim 64
     Case(12, 8, 1, 16, 16, (4, 4), (1, 1), (4, 4), valid=(9, 7)),  # blocked attention on a padded map
     Case(12, 9, 1, 16, 16, (3, 3), (4, 3), valid=(10, 8)),  # grid attention on a padded map
+]
+# Swin's shifted windows (the front door pads every side and masks through a valid region with a lower
+# bound): odd sizes, maps smaller than the window, shift on one axis only, rectangular windows
+SHIFTED = [
+    Case(13, 9, 2, 16, 16, (4, 3), stride=(4, 3), shift=(1, 2)),
+    Case(3, 5, 1, 16, 16, (7, 7), stride=(7, 7), shift=(3, 0)),  # map smaller than the window
+    Case(11, 10, 1, 16, 16, (5, 4), stride=(5, 4), shift=(0, 2), rpb=False),  # one axis, no bias
+    Case(9, 13, 1, 16, 16, (4, 4), stride=(4, 4), valid=(7, 12), shift=(2, 3)),  # and a caller's padding
 ]
 LOW_PRECISION = [
     pytest.param(torch.float16, CASES[0], id="fp16-" + str(CASES[0])),
@@ -87,7 +97,8 @@ def _inputs(case: Case, dtype: torch.dtype, seed: int = 0):
 
 def _run(fn, case, tensors, dout):
     q, k, v, rpb = tensors
-    extra = () if case.valid is None else (case.valid,)
+    extra = () if case.valid is None and case.shift is None else (case.valid,)
+    extra += () if case.shift is None else (case.shift,)
     out = fn(q, k, v, case.kernel, case.dilation, case.stride, rpb, case.D ** -0.5, *extra)
     leaves = [t for t in tensors if t is not None]
     grads = torch.autograd.grad(out, leaves, dout)
@@ -102,9 +113,10 @@ def _reference(case: Case, dtype: torch.dtype):
     return _run(na2d_reference, case, tensors, dout.double())
 
 
-def _na2d_triton(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None):
-    """Through the public front door, so argument handling and dispatch are covered too."""
-    return na2d(q, k, v, kernel_size, dilation, stride, rpb, scale, backend="triton", valid=valid)
+def _na2d_triton(q, k, v, kernel_size, dilation, stride, rpb, scale, valid=None, shift=None):
+    """Through the public front door, so argument handling, padding and dispatch are covered too (the
+    reference takes ``shift`` directly: its cells are the spec)."""
+    return na2d(q, k, v, kernel_size, dilation, stride, rpb, scale, backend="triton", valid=valid, shift=shift or 0)
 
 
 def _triton(case: Case, dtype: torch.dtype):
@@ -118,6 +130,21 @@ _compare = _testing.assert_all_close
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_reference_fp32(case):
     _compare(_triton(case, torch.float32), _reference(case, torch.float32))
+
+
+@pytest.mark.parametrize("case", SHIFTED, ids=str)
+def test_shifted_matches_reference_fp32(case):
+    _compare(_triton(case, torch.float32), _reference(case, torch.float32))
+
+
+def test_pad_matches_reference():
+    """``pad=True`` (grid attention on a map that is no multiple of the window) is the caller's padding."""
+    case = Case(10, 7, 1, 16, 16, (4, 4), (3, 2), (4, 4))
+    (q, k, v, rpb), _ = _inputs(case, torch.float32)
+    got = na2d(q, k, v, 4, (3, 2), 4, rpb, backend="triton", pad=True)
+    padded = [torch.nn.functional.pad(t.detach(), (0, 0, 0, 0, 0, 1, 0, 2)) for t in (q, k, v)]
+    want = na2d(*padded, 4, (3, 2), 4, rpb, backend="reference", valid=(10, 7))[:, :10, :7]
+    _testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("dtype, case", LOW_PRECISION)
@@ -159,7 +186,7 @@ def test_repeatable():
 def test_opcheck(with_rpb):
     case = Case(4, 5, 1, 16, 16, (3, 3), (1, 2), rpb=with_rpb)
     (q, k, v, rpb), dout = _inputs(case, torch.float32)
-    geometry = (list(case.kernel), list(case.dilation), list(case.stride), 0.25, [case.H, case.W - 1])
+    geometry = (list(case.kernel), list(case.dilation), list(case.stride), 0.25, [1, 0, case.H, case.W - 1])
     torch.library.opcheck(torch.ops.visionzoo.na2d_fwd.default, (q, k, v, rpb, *geometry))
     out, lse = torch.ops.visionzoo.na2d_fwd(q, k, v, rpb, *geometry)
     detached = [None if t is None else t.detach() for t in (q, k, v, out, lse, rpb)]
