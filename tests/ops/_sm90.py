@@ -60,9 +60,11 @@ def build_for_sm90(kernels_module, launch_all) -> list[tuple[str, str, int]]:
 def run_in_subprocess(test_module: str, function: str) -> list[list[str]]:
     """Run ``test_module.function()`` (returning build rows) in a process without TRITON_INTERPRET."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = (f"import sys; sys.path.insert(0, sys.argv[1]); import {test_module} as t; "
+    here = os.path.dirname(os.path.abspath(__file__))
+    # imported as tests.ops.<module> (so its relative imports work), with tests/ops on the path too
+    code = (f"import sys; sys.path[:0] = sys.argv[1:3]; import tests.ops.{test_module} as t; "
             f"[print(*row) for row in t.{function}()]")
-    res = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], env=env,
+    res = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.dirname(here)), here], env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     return [line.split() for line in res.stdout.splitlines()]

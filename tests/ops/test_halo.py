@@ -1,10 +1,17 @@
-"""Halo attention: the reference against a first-principles oracle and timm's ``HaloAttn``; the cpu
-path against the reference (outputs and gradients) on awkward shapes; argument errors."""
+"""Halo attention: the reference against a first-principles oracle and timm's ``HaloAttn``; the
+reference (fp32) and cpu paths against the float64 reference (outputs and gradients) on awkward
+shapes through the shared backend tester; argument errors."""
+import functools
+
 import pytest
 import torch
 
-from visionzoo.ops import _testing
-from visionzoo.ops.halo import halo_attn
+from visionzoo.ops import _backend, _testing
+from visionzoo.ops.halo import cpu as halo_cpu_mod, halo_attn
+
+from ._backend_tester import BackendTester
+
+NAMES = ("dq", "dk", "dv", "drel_h", "drel_w")
 
 
 def _oracle(q, k, v, block, halo, rel_h, rel_w, stride, scale):
@@ -35,13 +42,13 @@ def _oracle(q, k, v, block, halo, rel_h, rel_w, stride, scale):
     return out
 
 
-def _inputs(H, W, heads, D, Dv, block, halo, stride, bias=True, dtype=torch.float64, seed=0):
+def _inputs(H, W, heads, D, Dv, block, halo, stride, bias=True, dtype=torch.float64, seed=0, batch=2):
     g = torch.Generator().manual_seed(seed)
     hq, wq = -(-H // stride), -(-W // stride)
     win = block + 2 * halo
-    ts = [torch.randn(2, hq, wq, heads, D, generator=g, dtype=torch.float64),
-          torch.randn(2, H, W, heads, D, generator=g, dtype=torch.float64),
-          torch.randn(2, H, W, heads, Dv, generator=g, dtype=torch.float64)]
+    ts = [torch.randn(batch, hq, wq, heads, D, generator=g, dtype=torch.float64),
+          torch.randn(batch, H, W, heads, D, generator=g, dtype=torch.float64),
+          torch.randn(batch, H, W, heads, Dv, generator=g, dtype=torch.float64)]
     tables = [torch.randn(2 * win - 1, D, generator=g, dtype=torch.float64) * 0.5 for _ in range(2)]
     ts += tables if bias else [None, None]
     return [None if t is None else t.to(dtype).requires_grad_() for t in ts]
@@ -65,18 +72,42 @@ def test_reference_matches_oracle(case):
     _testing.assert_close(got, _oracle(q, k, v, block, halo, rh, rw, stride, 0.3))
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_cpu_matches_reference_with_grads(case):
+@functools.lru_cache(maxsize=None)
+def halo_tester(case, batch: int = 2) -> BackendTester:
+    """The shared tester of one ``(H, W, heads, D, Dv, block, halo, stride, bias)`` case (one float64
+    reference per case, whichever backends and dtypes are checked)."""
     *shape, block, halo, stride, bias = case
-    tensors = _inputs(*shape, block, halo, stride, bias, dtype=torch.float32)
-    leaves = [t for t in tensors if t is not None]
-    results = {}
-    for backend in ("reference", "cpu"):
-        out = halo_attn(*tensors[:3], block, halo, *tensors[3:], stride=stride, backend=backend)
-        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        results[backend] = (out, *torch.autograd.grad(out, leaves, dout))
-    for name, a, b in zip(("out", "dq", "dk", "dv", "drel_h", "drel_w"), results["cpu"], results["reference"]):
-        _testing.assert_close(a, b, "out" if name == "out" else "grad", name)
+    inputs = [None if t is None else t.detach() for t in _inputs(*shape, block, halo, stride, bias, batch=batch)]
+
+    def op(q, k, v, rel_h, rel_w, backend):
+        return halo_attn(q, k, v, block, halo, rel_h, rel_w, stride=stride, backend=backend)
+    return BackendTester("halo_attn", op, inputs, NAMES, label=f"case={case}, batch={batch}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_reference_with_grads(case, backend):
+    halo_tester(case).check(backend, torch.float32)
+
+
+def test_tester_names_the_failing_tensor(monkeypatch):
+    """The tester cannot be fooled by a backend that is wrong in one gradient only."""
+    real = halo_cpu_mod.halo_cpu
+
+    class _WrongDk(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, k):
+            return k.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.01
+
+    # the registry caches the loaded implementation: replace it there
+    monkeypatch.setitem(_backend._OPS["halo_attn"].loaded, "cpu", lambda q, k, *a: real(q, _WrongDk.apply(k), *a))
+    with pytest.raises(AssertionError, match=r"(?s)backend 'cpu', torch.float32.*dk \(grad") as e:
+        halo_tester(CASES[0]).check("cpu", torch.float32)
+    assert "dq (grad" not in str(e.value) and "out (out" not in str(e.value)
 
 
 def test_gradcheck_reference_and_cpu():

@@ -1,4 +1,5 @@
-"""Triton halo-attention kernels against the reference: output, dq, dk, dv, d(rel_h), d(rel_w).
+"""Triton halo-attention kernels against the float64 reference through the shared backend tester
+(:mod:`._backend_tester`): output, dq, dk, dv, d(rel_h), d(rel_w); opcheck, torch.compile, sm_90a builds.
 
 Without CUDA they run through ``TRITON_INTERPRET=1`` (set in conftest). Output buffers the
 launchers allocate are NaN-filled, so an element a kernel forgets to write fails the comparison.
@@ -11,12 +12,11 @@ import visionzoo
 pytest.importorskip("triton", reason="Triton is not importable, so the triton backend of halo_attn cannot run")
 
 import visionzoo.ops.halo.triton as halo_triton  # noqa: E402
-import visionzoo.ops.neighborhood.triton as na_triton  # noqa: E402
 from visionzoo.ops import _testing  # noqa: E402
 from visionzoo.ops.halo import halo_attn  # noqa: E402
+from visionzoo.ops.partition import pad_map, pad_to_size  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-NAMES = ("out", "dq", "dk", "dv", "drel_h", "drel_w")
+from .test_halo import NAMES, _inputs, halo_tester  # noqa: E402
 
 # (H, W, heads, D, Dv, block, halo, stride, bias)
 CASES = [
@@ -29,56 +29,25 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _nan_buffers(monkeypatch):
-    monkeypatch.setattr(halo_triton, "_empty",
-                        lambda shape, dtype, device: _testing.nan_like(torch.empty(shape, dtype=dtype, device=device)))
-
-
-def _inputs(case, dtype):
-    H, W, heads, D, Dv, block, halo, stride, bias = case
-    g = torch.Generator().manual_seed(0)
-    hq, wq, win = -(-H // stride), -(-W // stride), block + 2 * halo
-    ts = [torch.randn(1, hq, wq, heads, D, generator=g, dtype=torch.float64),
-          torch.randn(1, H, W, heads, D, generator=g, dtype=torch.float64),
-          torch.randn(1, H, W, heads, Dv, generator=g, dtype=torch.float64)]
-    tables = [torch.randn(2 * win - 1, D, generator=g, dtype=torch.float64) * 0.3 for _ in range(2)]
-    ts += tables if bias else [None, None]
-    dout = torch.randn(1, hq, wq, heads, Dv, generator=g, dtype=torch.float64)
-    return [None if t is None else t.to(dtype).to(DEVICE).requires_grad_() for t in ts], dout.to(dtype).to(DEVICE)
-
-
-def _run(case, tensors, dout, backend):
-    block, halo, stride = case[5:8]
-    out = halo_attn(*tensors[:3], block, halo, *tensors[3:], stride=stride, backend=backend)
-    leaves = [t for t in tensors if t is not None]
-    return dict(zip(NAMES, (out.detach(), *torch.autograd.grad(out, leaves, dout))))
-
-
-def _check(case, dtype):
-    tensors, dout = _inputs(case, dtype)
-    got = _run(case, tensors, dout, "triton")
-    want = _run(case, [None if t is None else t.detach().double().requires_grad_() for t in tensors],
-                dout.double(), "reference")
-    _testing.assert_all_close(got, want)
-
-
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_reference_fp32(case):
-    _check(case, torch.float32)
+    halo_tester(case, batch=1).check("triton", torch.float32)
 
 
 @pytest.mark.parametrize("dtype,case", [(torch.float16, CASES[0]), (torch.bfloat16, CASES[1])], ids=str)
 def test_matches_reference_low_precision(dtype, case):
-    _check(case, dtype)
+    halo_tester(case, batch=1).check("triton", dtype)
+
+
+def _float32_inputs(case):
+    *shape, block, halo, stride, bias = case
+    return [t.detach().float() for t in _inputs(*shape, block, halo, stride, bias, batch=1)]
 
 
 def test_opcheck():
-    case = CASES[1]
-    tensors, dout = _inputs(case, torch.float32)
-    q, k, v, rh, rw = (t.detach() for t in tensors)
-    kp, vp = (torch.nn.functional.pad(t, (0, 0, 0, 0, 2, 3, 2, 5)) for t in (k, v))  # 9x7 -> 16x12
-    qp = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, 1))
+    q, k, v, rh, rw = _float32_inputs(CASES[1])
+    kp, vp = (pad_map(t, 2, 5, 2, 3) for t in (k, v))  # 9x7 -> blocks of 4 (12x8) + halo 2 = 16x12
+    qp = pad_to_size(q, (6, 4))
     eh, ew = qp @ rh.t(), qp @ rw.t()
     args = (qp.requires_grad_(), kp.requires_grad_(), vp.requires_grad_(), eh.requires_grad_(), ew.requires_grad_(),
             2, 4, 2, 0.25)
@@ -91,7 +60,7 @@ def test_opcheck():
 
 def test_compile_fullgraph_front_door():
     visionzoo.ops._backend.preload()  # compile cannot trace a first-time import
-    tensors, _ = _inputs(CASES[0], torch.float32)
+    tensors = [t.requires_grad_() for t in _float32_inputs(CASES[0])]
 
     def fn(q, k, v, rh, rw):
         return halo_attn(q, k, v, 4, 1, rh, rw, backend="triton")
@@ -102,13 +71,27 @@ def test_compile_fullgraph_front_door():
     out = torch.compile(fn, fullgraph=True, backend="aot_eager")(*tensors)
     grads = torch.autograd.grad(out.square().sum(), tensors)
     _testing.assert_close(out, eager)
-    for name, a, b in zip(NAMES[1:], grads, eager_grads):
+    for name, a, b in zip(NAMES, grads, eager_grads):
         _testing.assert_close(a, b, "grad", name)
 
 
-def test_shares_the_na_launcher_helpers():
-    """One definition of the buffer allocator / precision policy for both ops' launchers."""
-    assert halo_triton._precision is na_triton._precision
+def test_shared_triton_helpers():
+    """Halo, routing and neighborhood launchers and kernels share one set of helpers (``ops/_triton``)
+    and halo / routing do not reach into the neighborhood package."""
+    import inspect
+
+    import visionzoo.ops.neighborhood.triton as na_triton
+    import visionzoo.ops.routing.triton as bra_triton
+    from visionzoo.ops import _triton
+    from visionzoo.ops.halo import triton_kernels as halo_kernels
+    from visionzoo.ops.routing import triton_kernels as bra_kernels
+    for name in ("_empty", "_pow2", "_precision", "_LOG2E"):
+        assert getattr(halo_triton, name) is getattr(bra_triton, name) is getattr(na_triton, name) \
+            is getattr(_triton, name), name
+    for name in ("_mma", "_online_softmax_step"):
+        assert getattr(halo_kernels, name) is getattr(bra_kernels, name) is getattr(_triton, name), name
+    for module in (halo_triton, bra_triton, halo_kernels, bra_kernels):
+        assert "neighborhood" not in inspect.getsource(module).split('"""', 2)[2], module.__name__
 
 
 def _build_for_sm90():

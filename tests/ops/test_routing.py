@@ -1,19 +1,37 @@
 """Bi-level routing attention: reference against a dense masked-attention oracle (float64) and
-gradcheck; cpu (both formulations) against the reference with gradients; padding invariance;
-routing indices; argument errors."""
+gradcheck; the reference (fp32) and cpu (both formulations) paths against the float64 reference with
+gradients through the shared backend tester; padding invariance; routing indices; argument errors."""
+import functools
+
 import pytest
 import torch
 
 from visionzoo.ops import _testing
 from visionzoo.ops.routing import bra, bra_routing, cpu as bra_cpu_mod
 
+from ._backend_tester import BackendTester
 
-def _inputs(H, W, heads, D, Dv, dtype=torch.float64, seed=0):
+NAMES = ("dq", "dk", "dv")
+
+
+def _inputs(H, W, heads, D, Dv, dtype=torch.float64, seed=0, batch=2):
     g = torch.Generator().manual_seed(seed)
-    ts = [torch.randn(2, H, W, heads, D, generator=g, dtype=torch.float64),
-          torch.randn(2, H, W, heads, D, generator=g, dtype=torch.float64),
-          torch.randn(2, H, W, heads, Dv, generator=g, dtype=torch.float64)]
+    ts = [torch.randn(batch, H, W, heads, D, generator=g, dtype=torch.float64),
+          torch.randn(batch, H, W, heads, D, generator=g, dtype=torch.float64),
+          torch.randn(batch, H, W, heads, Dv, generator=g, dtype=torch.float64)]
     return [t.to(dtype).requires_grad_() for t in ts]
+
+
+@functools.lru_cache(maxsize=None)
+def bra_tester(case, batch: int = 2) -> BackendTester:
+    """The shared tester of one ``(H, W, heads, D, Dv, n_win, topk)`` case (one float64 reference per
+    case, whichever backends and dtypes are checked)."""
+    *shape, n_win, topk = case
+    inputs = [t.detach() for t in _inputs(*shape, batch=batch)]
+
+    def op(q, k, v, backend):
+        return bra(q, k, v, n_win, topk, backend=backend)
+    return BackendTester("bra", op, inputs, NAMES, label=f"case={case}, batch={batch}")
 
 
 def _oracle(q, k, v, n_win, topk, scale):
@@ -61,19 +79,16 @@ def test_reference_matches_dense_oracle(case):
                           _oracle(q, k, v, n_win, topk, 0.4))
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_reference_fp32_matches_float64(case):
+    bra_tester(case).check("reference", torch.float32)
+
+
 @pytest.mark.parametrize("dense_share", [0.0, 2.0], ids=["masked_dense", "gather_sdpa"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_cpu_matches_reference_with_grads(case, dense_share, monkeypatch):
     monkeypatch.setattr(bra_cpu_mod, "DENSE_SHARE", dense_share)
-    *shape, n_win, topk = case
-    q, k, v = _inputs(*shape, dtype=torch.float32)
-    results = {}
-    for backend in ("reference", "cpu"):
-        out = bra(q, k, v, n_win, topk, backend=backend)
-        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        results[backend] = (out, *torch.autograd.grad(out, (q, k, v), dout))
-    for name, a, b in zip(("out", "dq", "dk", "dv"), results["cpu"], results["reference"]):
-        _testing.assert_close(a, b, "out" if name == "out" else "grad", name)
+    bra_tester(case).check("cpu", torch.float32)
 
 
 def test_gradcheck():

@@ -1,5 +1,6 @@
-"""Triton bi-level routing kernels against the reference: output, dq, dk, dv (interpreted without
-CUDA; buffers the launchers allocate are NaN-filled so unwritten elements fail)."""
+"""Triton bi-level routing kernels against the float64 reference through the shared backend tester
+(:mod:`._backend_tester`): output, dq, dk, dv (interpreted without CUDA; buffers the launchers allocate
+are NaN-filled so unwritten elements fail); opcheck, torch.compile, sm_90a builds."""
 import pytest
 import torch
 
@@ -11,8 +12,7 @@ import visionzoo.ops.routing.triton as bra_triton  # noqa: E402
 from visionzoo.ops import _testing  # noqa: E402
 from visionzoo.ops.routing import bra  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-NAMES = ("out", "dq", "dk", "dv")
+from .test_routing import NAMES, bra_tester  # noqa: E402
 
 # (H, W, heads, D, Dv, n_win, topk)
 CASES = [
@@ -24,33 +24,14 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _nan_buffers(monkeypatch):
-    monkeypatch.setattr(bra_triton, "_empty",
-                        lambda shape, dtype, device: _testing.nan_like(torch.empty(shape, dtype=dtype, device=device)))
-
-
-def _run(case, dtype):
-    H, W, heads, D, Dv, n_win, topk = case
-    g = torch.Generator().manual_seed(0)
-    ts = [torch.randn(1, H, W, heads, d, generator=g, dtype=torch.float64) for d in (D, D, Dv)]
-    dout = torch.randn(1, H, W, heads, Dv, generator=g, dtype=torch.float64)
-    res = {}
-    for backend, cast in (("triton", dtype), ("reference", torch.float64)):
-        leaves = [t.to(cast).to(DEVICE).requires_grad_() for t in ts]
-        out = bra(*leaves, n_win, topk, backend=backend)
-        res[backend] = dict(zip(NAMES, (out.detach(), *torch.autograd.grad(out, leaves, dout.to(cast).to(DEVICE)))))
-    _testing.assert_all_close(res["triton"], res["reference"])
-
-
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_reference_fp32(case):
-    _run(case, torch.float32)
+    bra_tester(case, batch=1).check("triton", torch.float32)
 
 
 @pytest.mark.parametrize("dtype,case", [(torch.float16, CASES[0]), (torch.bfloat16, CASES[1])], ids=str)
 def test_matches_reference_low_precision(dtype, case):
-    _run(case, dtype)
+    bra_tester(case, batch=1).check("triton", dtype)
 
 
 def test_opcheck():
@@ -79,7 +60,7 @@ def test_compile_fullgraph_front_door():
     out = torch.compile(fn, fullgraph=True, backend="aot_eager")(*ts)
     grads = torch.autograd.grad(out.square().sum(), ts)
     _testing.assert_close(out, eager)
-    for name, a, b in zip(NAMES[1:], grads, eager_grads):
+    for name, a, b in zip(NAMES, grads, eager_grads):
         _testing.assert_close(a, b, "grad", name)
 
 

@@ -1,12 +1,16 @@
-"""Shared numerics for op tests: per-dtype tolerances in one place and a comparison helper.
+"""Shared numerics for op tests: per-dtype tolerances in one place, comparison helpers and
+NaN-filled kernel output buffers.
 
 Imported by the tests (and usable by downstream kernel authors); never by model code.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "assert_all_close", "nan_like"]
+__all__ = ["TOLERANCES", "assert_close", "assert_all_close", "nan_like", "nan_filled_outputs"]
 
 #: (atol, rtol) for outputs and for gradients, per dtype
 TOLERANCES = {
@@ -27,6 +31,18 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, kind: str = "out"
 def nan_like(t: torch.Tensor) -> torch.Tensor:
     """A fresh buffer full of NaN, so that an element a kernel forgot to write fails the test."""
     return torch.full_like(t, float("nan"))
+
+
+@contextlib.contextmanager
+def nan_filled_outputs() -> Iterator[None]:
+    """Inside the block every Triton kernel output buffer (``visionzoo.ops._triton._empty``) starts as
+    NaN. Imports Triton: use it only where the triton backend runs."""
+    from . import _triton
+    old, _triton.NAN_FILL = _triton.NAN_FILL, True
+    try:
+        yield
+    finally:
+        _triton.NAN_FILL = old
 
 
 def assert_all_close(got: dict, want: dict) -> None:
