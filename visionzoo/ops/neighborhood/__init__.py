@@ -19,11 +19,10 @@ from typing import Sequence
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from .. import _backend
 from .._checks import check_qkv, triton_attention_can_run
-from ..partition import crop, pad_to_size
+from ..partition import crop, pad_map
 
 __all__ = ["na1d", "na2d", "swin_rpb_to_na", "na_rpb_to_swin"]
 
@@ -126,20 +125,10 @@ def _layout(size, valid, shift, pad, kernel_size, dilation, stride) -> _Layout:
     return _Layout(before, padded, lo + hi)
 
 
-def _pad_map(x: torch.Tensor, layout: _Layout) -> torch.Tensor:
+def _pad(x: torch.Tensor, layout: _Layout) -> torch.Tensor:
     """``[B, H, W, ...]`` zero-padded into ``layout`` (one copy; none when nothing is padded)."""
-    if not any(layout.before):
-        return pad_to_size(x, layout.size)
-    # partition.pad_to_size pads the bottom/right only; shifted windows also need the top/left
-    after = [p - b - n for p, b, n in zip(layout.size, layout.before, x.shape[1:3])]
-    return F.pad(x, [0, 0] * (x.dim() - 3) + [layout.before[1], after[1], layout.before[0], after[0]])
-
-
-def _crop_map(x: torch.Tensor, layout: _Layout, size) -> torch.Tensor:
-    """The caller's ``size`` map out of the padded ``x`` (a view)."""
-    if not any(layout.before):
-        return crop(x, size)
-    return x.narrow(1, layout.before[0], size[0]).narrow(2, layout.before[1], size[1])
+    (top, left), (hp, wp) = layout.before, layout.size
+    return pad_map(x, top, hp - top - x.shape[1], left, wp - left - x.shape[2])
 
 
 def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | Sequence[int],
@@ -189,10 +178,10 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | S
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     fn, _ = _backend.resolve("na2d", q, k, v, backend=backend, kernel_size=ks, dilation=dil, stride=st)
     if layout.size != size:
-        q, k, v = _pad_map(q, layout), _pad_map(k, layout), _pad_map(v, layout)
+        q, k, v = _pad(q, layout), _pad(k, layout), _pad(v, layout)
     out = fn(q, k, v, ks, dil, st, rpb, scale) if layout.region is None else fn(
         q, k, v, ks, dil, st, rpb, scale, layout.region)
-    return out if layout.size == size else _crop_map(out, layout, size)
+    return out if layout.size == size else crop(out, size, start=layout.before)
 
 
 def na1d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | Sequence[int],
