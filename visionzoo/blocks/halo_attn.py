@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import make_divisible, register_notrace_module, trunc_normal_
 from timm.models.byobnet import SelfAttnBlock
 
-from ..ops.halo import halo_attn
+from ..ops import halo_attn
 
 __all__ = ["HaloAttn2d", "HaloBlock", "RelPosTables"]
 
