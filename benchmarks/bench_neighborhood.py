@@ -175,8 +175,9 @@ def targets(rows: list[dict]) -> list[dict]:
         if value is None:
             continue
         ok = value >= target if what == "x natten" else value <= target
-        out.append(dict(check=what, stage=stage, dil=dil, B=8, value=value, target=("≥ " if what == "x natten" else "≤ ")
-                        + str(target), met="yes" if ok else "NO", dense_sdpa_same_ratio=dense_value))
+        bound = ("≥ " if what == "x natten" else "≤ ") + str(target)
+        out.append(dict(check=what, stage=stage, dil=dil, B=8, value=value, target=bound, met="yes" if ok else "NO",
+                        dense_sdpa_same_ratio=dense_value))
     return out
 
 

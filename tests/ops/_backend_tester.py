@@ -31,8 +31,9 @@ How a new op's test uses it::
         tester(case).check(backend, dtype)  # skips with the reason where the backend cannot run
 
 ``op`` gets the inputs positionally and ``backend`` as a keyword; the first three inputs are
-``q, k, v``; ``names`` name the gradients of the inputs in order (one per input, None inputs included). The op name is the one registered with
-:func:`visionzoo.ops._backend.register_op` (used to ask whether a backend can run here).
+``q, k, v``; ``names`` name the gradients of the inputs in order (one per input, None inputs
+included). The op name is the one registered with :func:`visionzoo.ops._backend.register_op`
+(used to ask whether a backend can run here).
 """
 from __future__ import annotations
 
