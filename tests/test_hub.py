@@ -42,10 +42,10 @@ def test_config_schema():
 
 
 def test_save_pretrained_local_dir_round_trip(tmp_path):
-    model = visionzoo.create_model("eca_resnet18", num_classes=7, layers=(1, 1, 1, 1)).eval()
+    model = visionzoo.create_model("eca_resnet18", num_classes=7, depths=(1, 1, 1, 1)).eval()
     hub.save_pretrained(model, str(tmp_path / "export"))
     config = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert config["architecture"] == "vz_eca_resnet18" and config["model_args"]["layers"] == [1, 1, 1, 1]
+    assert config["architecture"] == "vz_eca_resnet18" and config["model_args"]["depths"] == [1, 1, 1, 1]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
