@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Train a small ECA-ResNet from scratch on the embedded digits (no download), then validate it.
 # One compute thread plus one loader process: the two cores, without oversubscription.
-DEMO_MODEL := --model eca_resnet18 --model-kwargs "layers=(1,1,1,1)" "widths=(16,32,64,128)" stem_width=16
+DEMO_MODEL := --model eca_resnet18 --model-kwargs "depths=(1,1,1,1)" "widths=(16,32,64,128)" stem_width=16
 demo: $(STAMP)
 	rm -rf output/demo
 	OMP_NUM_THREADS=1 $(PY) train.py --dataset digits $(DEMO_MODEL) --img-size 32 --epochs 20 -b 64 -j 1 \

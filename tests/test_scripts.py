@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model", "eca_resnet18", "--model-kwargs", "layers=(1,1,1,1)", "widths=(8,16,32,64)", "stem_width=8",
+TINY = ["--model", "eca_resnet18", "--model-kwargs", "depths=(1,1,1,1)", "widths=(8,16,32,64)", "stem_width=8",
         "--img-size", "16", "-j", "0", "--opt", "adamw", "--lr", "5e-3", "--warmup-epochs", "0",
         "--hflip", "0", "--color-jitter", "0", "--scale", "0.7", "1", "--log-interval", "4"]
 
@@ -196,7 +196,7 @@ def test_validate_checkpoint_local_dir_and_synthetic(trained, data, tmp_path):
     assert exported["top1"] == res["top1"] and json.loads(json_path.read_text())[0]["top1"] == res["top1"]
 
     # synthetic throughput run over a glob, no weights needed
-    proc = run("validate.py", "--model", "eca_resnet1?", "--model-kwargs", "layers=(1,1,1,1)", "widths=(8,16,32,64)",
+    proc = run("validate.py", "--model", "eca_resnet1?", "--model-kwargs", "depths=(1,1,1,1)", "widths=(8,16,32,64)",
                "stem_width=8", "--synthetic", "--num-samples", "8", "-b", "4", "--img-size", "16", "-j", "0")
     rows = result_json(proc.stdout)
     rows = rows if isinstance(rows, list) else [rows]  # one model: a single record, as timm prints it

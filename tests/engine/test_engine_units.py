@@ -57,8 +57,8 @@ def test_collate_skips_unreadable():
 
 
 def test_parse_kwargs():
-    assert parse_kwargs(["layers=(1, 1, 1, 1)", "stem_width=16", "attn=eca", "widths=[8,16]"]) == dict(
-        layers=(1, 1, 1, 1), stem_width=16, attn="eca", widths=(8, 16))
+    assert parse_kwargs(["depths=(1, 1, 1, 1)", "stem_width=16", "attn=eca", "widths=[8,16]"]) == dict(
+        depths=(1, 1, 1, 1), stem_width=16, attn="eca", widths=(8, 16))
     assert parse_kwargs({"layers": [1, 2]}) == {"layers": (1, 2)}
     with pytest.raises(UsageError):
         parse_kwargs(["=3"])

@@ -33,7 +33,7 @@ def _kv(text: str):
 
 
 def parse_kwargs(items) -> dict:
-    """``["layers=(1, 1, 1, 1)", "stem_width=16", "attn=eca"]`` -> dict; values through
+    """``["depths=(1, 1, 1, 1)", "stem_width=16", "attn=eca"]`` -> dict; values through
     ``ast.literal_eval`` (bare words stay strings), lists become tuples (configs are frozen)."""
     if items is None:
         return {}
@@ -86,7 +86,7 @@ def _common(p: argparse.ArgumentParser, several_models: bool = False) -> None:
     g.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
     g.add_argument("--interpolation", default="", help="resize interpolation (default: the model's)")
     g.add_argument("--model-kwargs", nargs="*", default={}, type=_kv, metavar="KEY=VALUE",
-                   help="extra create_model arguments, values as Python literals: layers=(1,1,1,1) stem_width=16")
+                   help="extra create_model arguments, values as Python literals: depths=(1,1,1,1) stem_width=16")
     g = p.add_argument_group("device / precision")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     g.add_argument("--amp", action="store_true", help="automatic mixed precision")
