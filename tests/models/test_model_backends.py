@@ -1,24 +1,30 @@
 """Whole models give the same numbers from every backend of their ops (reference, cpu, and the
-Triton kernels, interpreted on CPU), forward and backward; switching never changes the state."""
+Triton kernels: on CUDA where there is a GPU, else interpreted on CPU), forward and backward;
+switching never changes the state."""
 import pytest
 import torch
 
 import visionzoo
-from visionzoo.ops._backend import triton_available
+from visionzoo.ops import triton_unavailable
 
 from . import create_tiny
 
 #: one reduced model per family that runs a dispatched op
 MODELS = ["dinat_tiny", "dinat_s_tiny", "dinat_isotropic_small", "maxvit_tiny", "halonet26t", "biformer_tiny"]
-pytestmark = pytest.mark.skipif(triton_available() is not None, reason=f"{triton_available()}")
+pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=f"{triton_unavailable()}")
+#: where each backend runs: Triton on the GPU when there is one (its kernels need CUDA tensors there)
+DEVICES = {"reference": "cpu", "cpu": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def _run(model, x, backend):
     model.zero_grad(set_to_none=True)
+    model.to(DEVICES[backend])
     with visionzoo.use_backend(backend):
-        out = model(x)
+        out = model(x.to(DEVICES[backend]))
         out.square().mean().backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.cpu() for n, p in model.named_parameters()}
+    model.cpu()
+    return out.detach().cpu(), grads
 
 
 @pytest.mark.parametrize("name", MODELS)
