@@ -14,6 +14,8 @@ from visionzoo.ops.routing import bra  # noqa: E402
 
 from .test_routing import NAMES, bra_tester  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels need CUDA tensors where there is a GPU
+
 # (H, W, heads, D, Dv, n_win, topk)
 CASES = [
     (14, 14, 2, 16, 16, 7, 4),  # divisible, 2x2 regions (queries padded to 16)
@@ -36,8 +38,8 @@ def test_matches_reference_low_precision(dtype, case):
 
 def test_opcheck():
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 6, 6, 1, 16, generator=g) for _ in range(3))  # small: opcheck runs it ~20 times
-    idx = torch.randint(0, 9, (1, 9, 2), generator=g)
+    q, k, v = (torch.randn(1, 6, 6, 1, 16, generator=g).to(DEVICE) for _ in range(3))  # small: opcheck runs ~20x
+    idx = torch.randint(0, 9, (1, 9, 2), generator=g).to(DEVICE)
     args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), idx, 3, 0.25, [5, 6])
     torch.library.opcheck(torch.ops.visionzoo.bra_fwd.default, args)
     out, lse = torch.ops.visionzoo.bra_fwd(*args)
@@ -49,7 +51,7 @@ def test_opcheck():
 def test_compile_fullgraph_front_door():
     visionzoo.ops._backend.preload()  # compile cannot trace a first-time import
     g = torch.Generator().manual_seed(0)
-    ts = [torch.randn(1, 6, 6, 1, 16, generator=g).requires_grad_() for _ in range(3)]
+    ts = [torch.randn(1, 6, 6, 1, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3)]
 
     def fn(q, k, v):
         return bra(q, k, v, 3, 2, backend="triton")
