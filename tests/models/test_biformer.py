@@ -6,11 +6,10 @@ import torch
 
 import visionzoo
 from visionzoo.blocks.routing_attn import BiLevelRoutingAttn
-from visionzoo.models import biformer
 from visionzoo.models._registry import MODELS
 
 from ._any_size import check_train_and_eval
-from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
+from ..fixtures import assert_listing_converts, assert_matches_fixture, load_fixture, official_params
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "biformer"]
 SMALL = dict(depths=(1, 1, 2, 1), widths=(16, 32, 48, 64), head_dim=8)
@@ -36,12 +35,7 @@ def test_official_fixture_through_checkpoint_path(tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_official_key_listing_converts(name):
-    listing = official_keys(name)
-    model = visionzoo.create_model(name, device="meta")
-    fake = {k: torch.empty(shape, device="meta") for k, shape in listing["state_dict"].items()}
-    converted = biformer.checkpoint_filter_fn(fake, model)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert {k: tuple(v.shape) for k, v in converted.items()} == want
+    assert_listing_converts(name, name)
 
 
 def test_param_counts():

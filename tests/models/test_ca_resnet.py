@@ -9,7 +9,7 @@ import torchvision
 import visionzoo
 from visionzoo.models import ca_resnet, eca_mobilenetv2
 
-from ..fixtures import assert_matches_fixture, load_fixture, official_keys
+from ..fixtures import assert_listing_converts, assert_matches_fixture, load_fixture
 
 
 def _official_kwargs(meta):
@@ -67,15 +67,7 @@ def test_timm_legacy_se_parity(timm_name, name, tmp_path):
 ])
 def test_official_full_size_key_listings_convert(variant, name):
     """Every key and shape of the full-size official ImageNet model maps onto ours."""
-    listing = official_keys(variant)
-    model = visionzoo.create_model(name, device="meta")
-    fake = {k: torch.empty(shape, device="meta") for k, shape in listing["state_dict"].items()}
-    converted = ca_resnet.checkpoint_filter_fn(fake, model)
-    ours = model.state_dict()
-    assert set(converted) == set(ours)
-    for k, v in converted.items():
-        assert tuple(v.shape) == tuple(ours[k].shape), k
-    assert visionzoo.count_params(model) == listing["num_params"]
+    assert_listing_converts(variant, name)
 
 
 def test_filter_fn_is_idempotent_and_headless():

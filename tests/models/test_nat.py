@@ -13,7 +13,7 @@ from visionzoo.models._registry import FAMILIES, MODELS
 from visionzoo.ops.neighborhood import na2d
 
 from ._any_size import check_train_and_eval
-from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
+from ..fixtures import assert_listing_converts, assert_matches_fixture, load_fixture, official_params
 
 FAMILY_NAMES = [n for n in visionzoo.list_models() if MODELS[n].family in ("nat", "dinat_s", "nat_isotropic")]
 HAS_CPU_BACKEND = importlib.util.find_spec("visionzoo.ops.neighborhood.cpu") is not None
@@ -52,13 +52,7 @@ def test_official_fixture_through_checkpoint_path(tmp_path):
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_official_key_listing_converts(name):
     """Every key and shape of the full-size official model maps onto ours; parameter counts agree."""
-    listing = official_keys(LISTING.get(name, name))
-    model = visionzoo.create_model(name, device="meta")
-    fake = {k: torch.empty(shape, device="meta") for k, shape in listing["state_dict"].items()}
-    converted = FAMILIES[MODELS[name].family].filter_fn(fake, model)
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert {k: tuple(v.shape) for k, v in converted.items()} == ours
-    assert visionzoo.count_params(model) == listing["num_params"]
+    assert_listing_converts(LISTING.get(name, name), name)
 
 
 def test_official_param_counts():

@@ -5,11 +5,10 @@ import timm
 import torch
 
 import visionzoo
-from visionzoo.models import single_head_vit
 from visionzoo.models._registry import MODELS
 
 from ._any_size import check_train_and_eval
-from ..fixtures import assert_matches_fixture, load_fixture, official_keys, official_params
+from ..fixtures import assert_listing_converts, assert_matches_fixture, load_fixture, official_params
 
 NAMES = [n for n in visionzoo.list_models() if MODELS[n].family == "single_head_vit"]
 SMALL = dict(widths=(32, 48, 64), partial_dims=(8, 12, 16), depths=(1, 2, 2))
@@ -52,13 +51,7 @@ def test_official_fixture_through_checkpoint_path(tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_official_key_listing_converts(name):
-    listing = official_keys(name)
-    model = visionzoo.create_model(name, device="meta")
-    fake = {k: torch.empty(shape, device="meta") for k, shape in listing["state_dict"].items()}
-    converted = single_head_vit.checkpoint_filter_fn(fake, model)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert {k: tuple(v.shape) for k, v in converted.items()} == want
-    assert visionzoo.count_params(model) == listing["num_params"]
+    assert_listing_converts(name, name)
 
 
 def _timm_pair(name: str, tmp_path, **kwargs):
