@@ -17,7 +17,8 @@ def test_front_doors_import():
 
 def test_all_lists_every_front_door_and_resolves():
     assert set(FRONT_DOORS) | {"use_backend", "current_backend", "BACKENDS", "BackendUnavailable",
-                               "triton_unavailable"} == set(ops.__all__)
+                               "triton_unavailable", "swin_rpb_to_na", "na_rpb_to_swin",
+                               "partition"} == set(ops.__all__)
     for name in ops.__all__:
         assert getattr(ops, name) is not None, name
 

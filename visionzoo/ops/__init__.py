@@ -4,7 +4,8 @@
 
 Front doors (token maps are channels-last, ``[B, H, W, heads, D]``):
 
-* :func:`na1d`, :func:`na2d`: (dilated, strided) neighborhood attention;
+* :func:`na1d`, :func:`na2d`: (dilated, strided, shifted-window) neighborhood attention, and
+  :func:`swin_rpb_to_na` / :func:`na_rpb_to_swin` for Swin's relative-position-bias tables;
 * :func:`bra`, :func:`bra_routing`: bi-level routing attention and its routing step;
 * :func:`halo_attn`: halo (blocked local) attention.
 
@@ -14,15 +15,19 @@ Triton: kernels load on first use.
 """
 from ._backend import BACKENDS, BackendUnavailable, current_backend, triton_unavailable, use_backend
 from .halo import halo_attn
-from .neighborhood import na1d, na2d
+from . import partition
+from .neighborhood import na1d, na2d, na_rpb_to_swin, swin_rpb_to_na
 from .routing import bra, bra_routing
 
 __all__ = [
     "na1d",
     "na2d",
+    "swin_rpb_to_na",
+    "na_rpb_to_swin",
     "bra",
     "bra_routing",
     "halo_attn",
+    "partition",
     "BACKENDS",
     "BackendUnavailable",
     "current_backend",
