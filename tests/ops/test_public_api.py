@@ -8,11 +8,11 @@ import pytest
 
 import visionzoo.ops as ops
 
-FRONT_DOORS = ("na1d", "na2d", "bra", "bra_routing", "halo_attn")
+FRONT_DOORS = ("na1d", "na2d", "bra", "bra_routing", "halo_attn", "lka")
 
 
 def test_front_doors_import():
-    from visionzoo.ops import bra, bra_routing, halo_attn, na1d, na2d  # noqa: F401
+    from visionzoo.ops import bra, bra_routing, halo_attn, lka, na1d, na2d  # noqa: F401
 
 
 def test_all_lists_every_front_door_and_resolves():

@@ -7,7 +7,8 @@ Front doors (token maps are channels-last, ``[B, H, W, heads, D]``):
 * :func:`na1d`, :func:`na2d`: (dilated, strided, shifted-window) neighborhood attention, and
   :func:`swin_rpb_to_na` / :func:`na_rpb_to_swin` for Swin's relative-position-bias tables;
 * :func:`bra`, :func:`bra_routing`: bi-level routing attention and its routing step;
-* :func:`halo_attn`: halo (blocked local) attention.
+* :func:`halo_attn`: halo (blocked local) attention;
+* :func:`lka`: the two depthwise convolutions of VAN's large-kernel attention (``[B, C, H, W]``).
 
 Backend control: :func:`use_backend`, :func:`current_backend`, :data:`BACKENDS`,
 :class:`BackendUnavailable`, :func:`triton_unavailable`. Importing this package never imports
@@ -15,6 +16,7 @@ Triton: kernels load on first use.
 """
 from ._backend import BACKENDS, BackendUnavailable, current_backend, triton_unavailable, use_backend
 from .halo import halo_attn
+from .lka import lka
 from . import partition
 from .neighborhood import na1d, na2d, na_rpb_to_swin, swin_rpb_to_na
 from .routing import bra, bra_routing
@@ -27,6 +29,7 @@ __all__ = [
     "bra",
     "bra_routing",
     "halo_attn",
+    "lka",
     "partition",
     "BACKENDS",
     "BackendUnavailable",
