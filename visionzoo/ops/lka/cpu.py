@@ -1,11 +1,101 @@
-"""CPU path of LKA (placeholder until measured: the reference's two depthwise convolutions)."""
+"""CPU path of LKA: the same two depthwise convolutions, arranged so that oneDNN runs its fast kernels.
+
+Measured on this CPU (1 thread, VAN-b1 stage shapes, batch 8; ``benchmarks/bench_lka.py`` has the
+same-run ratios):
+
+* oneDNN's depthwise convolution is several times slower when the convolution pads the map itself
+  than on an explicitly zero-padded map with ``padding=0`` (the dilated 7x7 with padding 9: 46 ms vs
+  3 ms at 64 x 56 x 56; 7 ms vs 1 ms at 512 x 7 x 7). So both convolutions pad with ``F.pad`` first.
+* channels_last (NHWC) is the faster layout for both convolutions; an NCHW input is converted once
+  and the result converted back, so the output has the input's memory format, like the reference.
+* Kernel taps that can only read padding (a dilated 7x7 on a 7x7 map: the outer ring of taps) are
+  dropped, and the padding shrinks with them: same result, fewer FLOPs on small maps.
+* Backward (eager, autograd on): ATen's depthwise backward pays the same padding penalty for the
+  input gradient, so ``dx`` is computed as the forward convolution of ``dy`` with the flipped kernel
+  (a 'same' convolution is its own transpose up to the flip); the weight gradients use ATen's
+  ``convolution_backward`` (weight only) on the padded input, which is the slow part (oneDNN has no
+  fast depthwise weight-gradient kernel for this case): see the benchmark for the fwd+bwd / fwd ratio.
+
+Under ``torch.compile`` / export / tracing / scripting the same padded convolutions run with plain
+autograd (no custom ``autograd.Function``), so compilers see ordinary ATen ops.
+"""
 from __future__ import annotations
 
-from .reference import lka_reference
+import torch
+import torch.nn.functional as F
 
 __all__ = ["lka_cpu"]
 
 
+def _taps(k: int, dilation: int, n: int) -> tuple[int, int]:
+    """The taps ``[lo, hi)`` of one axis of a 'same' ``k``-tap convolution that can reach a map of size ``n``
+    (tap ``t`` reads offset ``t * dilation - pad``: it reads only padding when that is >= n away)."""
+    pad = dilation * (k // 2)
+    lo = next(t for t in range(k) if abs(t * dilation - pad) < n)
+    return lo, k - lo
+
+
+def _geometry(w: torch.Tensor, dilation: int, size: tuple[int, int]):
+    """Cropped weight, its tap slices and the explicit padding ``(left, right, top, bottom)``."""
+    (r0, r1), (c0, c1) = (_taps(w.shape[-1], dilation, n) for n in size)
+    ph, pw = dilation * ((r1 - r0) // 2), dilation * ((c1 - c0) // 2)
+    return (slice(r0, r1), slice(c0, c1)), (pw, pw, ph, ph)
+
+
+def _dwconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dilation: int) -> torch.Tensor:
+    """'Same' depthwise convolution as an explicit zero pad and a ``padding=0`` convolution."""
+    (rows, cols), pad = _geometry(w, dilation, x.shape[-2:])
+    return F.conv2d(F.pad(x, pad), w[:, :, rows, cols], b, dilation=dilation, groups=x.shape[1])
+
+
+def _dweight(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Gradient of ``w`` in ``y = _dwconv(x, w, b, dilation)`` (zeros for the dropped taps)."""
+    (rows, cols), pad = _geometry(w, dilation, x.shape[-2:])
+    wc = w[:, :, rows, cols]
+    _, dwc, _ = torch.ops.aten.convolution_backward(dy, F.pad(x, pad), wc, None, [1, 1], [0, 0],
+                                                    [dilation, dilation], False, [0, 0], x.shape[1],
+                                                    [False, True, False])
+    if dwc.shape == w.shape:
+        return dwc
+    dw = torch.zeros_like(w)
+    dw[:, :, rows, cols] = dwc
+    return dw
+
+
+class _LKA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w0, b0, w1, b1, dilation):
+        a = _dwconv(x, w0, b0, 1)
+        ctx.save_for_backward(x, a, w0, w1)
+        ctx.dilation, ctx.has_bias = dilation, (b0 is not None, b1 is not None)
+        return _dwconv(a, w1, b1, dilation)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, a, w0, w1 = ctx.saved_tensors
+        d = ctx.dilation
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        need = ctx.needs_input_grad
+        dw1 = _dweight(dy, a, w1, d) if need[3] else None
+        db1 = dy.sum((0, 2, 3)) if need[4] and ctx.has_bias[1] else None
+        da = _dwconv(dy, w1.flip(-1, -2), None, d) if any(need[:3]) else None
+        dx = _dwconv(da, w0.flip(-1, -2), None, 1) if need[0] else None
+        dw0 = _dweight(da, x, w0, 1) if need[1] else None
+        db0 = da.sum((0, 2, 3)) if need[2] and ctx.has_bias[0] else None
+        return dx, dw0, db0, dw1, db1, None
+
+
+def _tracing() -> bool:
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def lka_cpu(x, w0, b0, w1, b1, dilation):
-    """``x [B, C, H, W]`` -> ``[B, C, H, W]`` (see :mod:`.reference`)."""
-    return lka_reference(x, w0, b0, w1, b1, dilation)
+    """``x [B, C, H, W]`` -> ``[B, C, H, W]`` in x's memory format (see :mod:`.reference` for the definition)."""
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    xc = x.contiguous(memory_format=torch.channels_last)
+    if _tracing() or not torch.is_grad_enabled():
+        y = _dwconv(_dwconv(xc, w0, b0, 1), w1, b1, dilation)
+    else:
+        y = _LKA.apply(xc, w0, b0, w1, b1, dilation)
+    return y.contiguous(memory_format=fmt)
