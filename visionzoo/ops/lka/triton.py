@@ -78,9 +78,8 @@ def lka_backward(dy, x, w0, b0, w1, b1, dilation):
         dw0, db0, dw1, db1, H, W, C, plan["ncb"], plan["tiles_h"], plan["tiles_w"], plan["n_tiles"],
         *x.stride()[:3], K0=k0, P0=k0 // 2, HAS_B0=b0 is not None, K1=k1, D1=dilation, P1=dilation * (k1 // 2),
         **plan["consts"])
-    none = torch.empty(0, **f32)
-    return (dx, dw0.view_as(w0).to(w0.dtype), none if b0 is None else db0.to(b0.dtype),
-            dw1.view_as(w1).to(w1.dtype), none if b1 is None else db1.to(b1.dtype))
+    return (dx, dw0.view_as(w0).to(w0.dtype), torch.empty(0, **f32) if b0 is None else db0.to(b0.dtype),
+            dw1.view_as(w1).to(w1.dtype), torch.empty(0, **f32) if b1 is None else db1.to(b1.dtype))
 
 
 @torch.library.custom_op("visionzoo::lka_fwd", mutates_args=())
