@@ -71,3 +71,30 @@ def test_dwconv_mlp_mixes_neighbouring_tokens():
     mlp(x)[0, 2, 2].sum().backward()
     touched = (x.grad.abs().sum(-1)[0] > 0).nonzero().tolist()
     assert sorted(touched) == [[i, j] for i in (1, 2, 3) for j in (1, 2, 3)]
+
+
+def test_mlp_only_blocks_stage_norms_and_new_rows():
+    """'none' mixer (MLP-only blocks, no norm1), BatchNorm pre-norms, a norm closing each stage (its taps are
+    normed; grad checkpointing keeps it), no final norm; the VAN stem and the LITv2 DTM rows."""
+    mlp_only = StageCfg(1, 16, 1, MixerCfg("none"), BlockCfg(2.0, "dwconv_mlp"))
+    lka = StageCfg(1, 32, 1, MixerCfg("lka"), BlockCfg(2.0, "dwconv_mlp", 1e-2, norm="batchnorm"))
+    arch = HierarchicalCfg((mlp_only, lka), StemCfg("overlap_bn"), "dtm", final_norm="none",
+                           stage_norm="layernorm", stage_norm_eps=1e-6)
+    model = HierarchicalNet(arch, num_classes=3)
+    blk = model.stages[0].blocks[0]
+    assert blk.attn is None and blk.norm1 is None and not any(k.startswith(("norm1", "ls1")) for k in blk.state_dict())
+    assert [s.norm.eps for s in model.stages] == [1e-6, 1e-6] and isinstance(model.norm, torch.nn.Identity)
+    assert set(model.stages[1].downsample.state_dict()) >= {"dconv.weight", "dconv.conv_offset.weight", "norm.weight"}
+    check_train_and_eval(model, [(37, 29)], batch=2)
+    model.eval()
+    x = torch.randn(1, 3, 37, 29)
+    with torch.no_grad():
+        tap = model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+        raw = model.stages[0].blocks(model.stages[0].downsample(model.stem(x)))
+        torch.testing.assert_close(tap, model.stages[0].norm(raw).permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="unknown kind"):
+        HierarchicalCfg((mlp_only,), stage_norm="groupnorm")
+    with pytest.raises(ValueError, match="unknown kind"):
+        BlockCfg(norm="groupnorm")
+    with pytest.raises(ValueError, match="takes no options"):
+        create_token_mixer("none", 16, 1, window_size=2)

@@ -13,26 +13,31 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .hilo_attn import HiLoAttn
+from .large_kernel_attn import VanAttn
 from .neighborhood_attn import NeighborhoodAttn2d
 from .rel_pos_attn import GlobalRelPosAttn2d
 from .routing_attn import BiLevelRoutingAttn, GlobalAttnLePE
 
 __all__ = ["TOKEN_MIXERS", "create_token_mixer"]
 
-#: kind -> constructor ``(dim, num_heads, **options)``
-TOKEN_MIXERS: dict[str, Callable[..., nn.Module]] = {
+#: kind -> constructor ``(dim, num_heads, **options)``; ``None``: no mixer (an MLP-only block)
+TOKEN_MIXERS: dict[str, Callable[..., nn.Module] | None] = {
+    "none": None,  # no token mixer: the block is its MLP residual only (LITv2 stages 1-2)
     "na": NeighborhoodAttn2d,  # (dilated) neighborhood attention with RPB (NAT, DiNAT)
     "global_rpb": GlobalRelPosAttn2d,  # global attention with a relative position bias table (ViT-RPB)
     "bra": BiLevelRoutingAttn,  # bi-level routing attention (BiFormer)
     "global_lepe": GlobalAttnLePE,  # global attention with LePE (BiFormer's last stage)
+    "lka": VanAttn,  # large-kernel attention with VAN's projections and inner shortcut
+    "hilo": HiLoAttn,  # HiLo: s x s window heads + average-pooled global heads (LITv2)
 }
 
 _RUNTIME_DEFAULTS = {"attn_drop": 0.0, "proj_drop": 0.0, "backend": None}
 
 
 def create_token_mixer(kind: str, dim: int, num_heads: int, *, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                       backend: str | None = None, device=None, dtype=None, **options) -> nn.Module:
-    """Build token mixer ``kind`` of width ``dim`` with ``num_heads`` heads.
+                       backend: str | None = None, device=None, dtype=None, **options) -> nn.Module | None:
+    """Build token mixer ``kind`` of width ``dim`` with ``num_heads`` heads (``None`` for kind ``'none'``).
 
     Args:
         options: the mixer's own constructor arguments (``kernel_size``, ``topk``...).
@@ -41,6 +46,10 @@ def create_token_mixer(kind: str, dim: int, num_heads: int, *, attn_drop: float 
     if kind not in TOKEN_MIXERS:
         raise ValueError(f"create_token_mixer: unknown mixer {kind!r}; expected one of {sorted(TOKEN_MIXERS)}")
     ctor = TOKEN_MIXERS[kind]
+    if ctor is None:  # no mixer, so no attention or projection dropout to apply
+        if options:
+            raise ValueError(f"create_token_mixer: mixer {kind!r} takes no options (got {sorted(options)})")
+        return None
     params = inspect.signature(ctor).parameters
     runtime = dict(attn_drop=attn_drop, proj_drop=proj_drop, backend=backend)
     for name, value in runtime.items():

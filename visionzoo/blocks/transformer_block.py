@@ -5,7 +5,8 @@
 (BiFormer's ``pos_embed``). The MLP is pluggable (``mlp_layer``, :mod:`~visionzoo.blocks.mlp`). The
 token mixer is passed in built (:func:`~visionzoo.blocks._create.create_token_mixer`), so one block
 serves every family whose layer is "norm, mixer, residual, norm, MLP, residual" (NAT, DiNAT, DiNAT_s,
-isotropic NAT / ViT-RPB, BiFormer; PVT, Swin, LITv2... to come). ``ls1`` / ``ls2`` are per-channel
+isotropic NAT / ViT-RPB, BiFormer, VAN, LITv2); without a mixer (``attn=None``, LITv2's ConvFFN
+blocks) it is the MLP residual alone, with no ``norm1``. ``ls1`` / ``ls2`` are per-channel
 layer scales (CaiT / NAT ``gamma1`` / ``gamma2``) or Identity. Inference (eval, autograd off, fp32
 CPU) runs the MLP and its residual as two oneDNN GEMMs (:func:`~visionzoo.blocks.fused_eval.mlp_add`)
 when the MLP is timm's ``Mlp``.
@@ -28,7 +29,7 @@ class TransformerBlock(nn.Module):
 
     Args:
         dim: channels.
-        attn: the token mixer, ``[B, H, W, C] -> [B, H, W, C]`` (already built).
+        attn: the token mixer, ``[B, H, W, C] -> [B, H, W, C]`` (already built), or ``None`` for none.
         mlp_ratio: MLP hidden width ``int(dim * mlp_ratio)``.
         proj_drop: dropout inside the MLP (after the activation and after ``fc2``).
         drop_path: stochastic depth rate of both residual branches.
@@ -39,15 +40,15 @@ class TransformerBlock(nn.Module):
         pos_kernel: kernel of the depthwise-conv position embedding added first (0: none).
     """
 
-    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float = 4.0, proj_drop: float = 0.0,
+    def __init__(self, dim: int, attn: nn.Module | None, mlp_ratio: float = 4.0, proj_drop: float = 0.0,
                  drop_path: float = 0.0, layer_scale: float | None = None,
                  norm_layer: Callable[..., nn.Module] = nn.LayerNorm, act_layer: type[nn.Module] = nn.GELU,
                  mlp_layer: Callable[..., nn.Module] = Mlp, pos_kernel: int = 0, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.norm1 = norm_layer(dim, **dd)
+        self.norm1 = norm_layer(dim, **dd) if attn is not None else None
         self.attn = attn
-        self.ls1 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None else nn.Identity()
+        self.ls1 = LayerScale(dim, layer_scale, **dd) if layer_scale is not None and attn is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
@@ -58,7 +59,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos_embed is not None:
             x = x + self.pos_embed(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        if self.attn is not None:
+            x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
         if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs, layer scale folded
             return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x, getattr(self.ls2, "gamma", None))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

@@ -95,7 +95,7 @@ class Backbone(nn.Module):
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing:
             if isinstance(stage, Stage):  # checkpoint block by block
-                return checkpoint_seq(stage.blocks, stage.downsample(x))
+                return stage.norm(checkpoint_seq(stage.blocks, stage.downsample(x)))
             return checkpoint_seq(stage, x) if isinstance(stage, nn.Sequential) else \
                 torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
         return stage(x)
@@ -166,15 +166,17 @@ class Backbone(nn.Module):
 
 class Stage(nn.Module):
     """One feature level: ``downsample`` (``Identity`` where the stage keeps the resolution or its
-    first block strides) then ``blocks`` (an ``nn.Sequential``, checkpointed block by block)."""
+    first block strides), ``blocks`` (an ``nn.Sequential``, checkpointed block by block), then
+    ``norm`` closing the stage (PVTv2 / VAN; ``Identity`` without state when none is given)."""
 
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None):
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.Identity() if norm is None else norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        return self.norm(self.blocks(self.downsample(x)))
 
 
 def drop_path_rates(rate: float, depths: Iterable[int]) -> list[list[float]]:

@@ -4,20 +4,23 @@
 
 A model is a :class:`HierarchicalCfg`: a :class:`StemCfg`, one :class:`StageCfg` per feature level
 (depth, width, heads, the :class:`MixerCfg` naming its token mixer in
-:data:`~visionzoo.blocks._create.TOKEN_MIXERS`, and a :class:`BlockCfg`: MLP, layer scale, norm,
-position embedding), the downsampler between stages (:data:`DOWNSAMPLES`) and the final norm.
+:data:`~visionzoo.blocks._create.TOKEN_MIXERS` -- ``'none'`` for MLP-only blocks --, and a
+:class:`BlockCfg`: MLP, layer scale, norm, position embedding), the downsampler between stages
+(:data:`DOWNSAMPLES`), an optional norm closing every stage (``stage_norm``, PVTv2 / VAN: it is
+part of the stage, so the stage taps are normed) and the final norm.
 Blocks are :class:`~visionzoo.blocks.TransformerBlock` (pre-norm mixer and MLP residuals) on
 ``[B, H, W, C]`` maps; every tensor the model returns is NCHW. A family keeps a compact config of
 the paper's hyperparameters (the fields users override: ``depths``, ``widths`` / ``embed_dim``,
 ``num_heads``...) whose ``arch()`` returns the :class:`HierarchicalCfg`, and registers
 :class:`HierarchicalNet` as its model class (see ``models/nat.py``, ``models/biformer.py``).
 
-Stem and downsample kinds are tables too (:data:`STEMS`, :data:`DOWNSAMPLES`), so a new layout is one
-row. Stage ``i`` opens with the downsampler (timm layout): stage ``i``'s output is the official
-"level ``i``" tap of the papers that close a level with it.
+Stem, downsample and norm kinds are tables too (:data:`STEMS`, :data:`DOWNSAMPLES`, :data:`NORMS`,
+:data:`FINAL_NORMS`), so a new layout is one row. Stage ``i`` opens with the downsampler (timm
+layout): stage ``i``'s output is the official "level ``i``" tap of the papers that close a level with it.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
@@ -27,13 +30,14 @@ from timm.layers import ClassifierHead, PatchEmbed
 from timm.models.swin_transformer import PatchMerging
 
 from ..blocks._create import TOKEN_MIXERS, create_token_mixer
+from ..blocks.deform_conv import DeformConv2dPack
 from ..blocks.mlp import MLP_LAYERS, get_mlp_layer
 from ..blocks.nhwc import BatchNormNhwc, ConvDownsample, ConvTokenizer, LayerNorm, NhwcSequential, NhwcStem
 from ..blocks.transformer_block import TransformerBlock
 from ._base import Backbone, Stage, drop_path_rates, init_linear_trunc_normal
 
 __all__ = ["StemCfg", "MixerCfg", "BlockCfg", "StageCfg", "HierarchicalCfg", "HierarchicalNet", "STEMS",
-           "DOWNSAMPLES", "FINAL_NORMS"]
+           "DOWNSAMPLES", "NORMS", "FINAL_NORMS"]
 
 
 # ---- stems and downsamplers: (in_chs, out_chs, stem cfg, device / dtype) -> module ----------------
@@ -55,24 +59,47 @@ def _patch_bn_stem(in_chs: int, out_chs: int, cfg: StemCfg, dd: dict) -> nn.Modu
                     pad_multiple=cfg.stride)
 
 
+def _overlap_bn_stem(in_chs: int, out_chs: int, cfg: StemCfg, dd: dict) -> nn.Module:
+    """VAN / PVTv2 ``OverlapPatchEmbed``: 7x7 s4 conv (padding 3, so ``ceil(n / 4)``) -> BN (keys ``0``, ``1``)."""
+    return NhwcStem(nn.Conv2d(in_chs, out_chs, 7, 4, 3, **dd), nn.BatchNorm2d(out_chs, **dd))
+
+
+def _dtm(in_chs: int, out_chs: int, dd: dict) -> nn.Module:
+    """LITv2 deformable token merging: DCN 2x2 s2 (offsets from ``conv_offset``) -> BN -> GELU; odd maps are
+    zero-padded to even first (the official layer asserts even maps)."""
+    return NhwcSequential(OrderedDict(dconv=DeformConv2dPack(in_chs, out_chs, 2, 2, **dd),
+                                      norm=nn.BatchNorm2d(out_chs, **dd), act=nn.GELU()), pad_multiple=2)
+
+
 #: kind -> (constructor, fixed stride or None when ``StemCfg.stride`` is the patch size)
 STEMS: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
     "nat": (lambda i, o, cfg, dd: ConvTokenizer(i, o, **dd), 4),  # two 3x3 s2 convs + LayerNorm
     "patch": (_patch_stem, None),
     "conv_bn": (_conv_bn_stem, 4),
     "patch_bn": (_patch_bn_stem, None),
+    "overlap_bn": (_overlap_bn_stem, 4),
 }
 
 #: kind -> constructor ``(in_chs, out_chs, dd)`` of a stride-2 downsampler; 'none' keeps the resolution
 DOWNSAMPLES: dict[str, Callable[..., nn.Module] | None] = {
     "conv_ln": lambda i, o, dd: ConvDownsample(i, o, **dd),  # NAT: 3x3 s2 conv + LayerNorm
     "merge": lambda i, o, dd: PatchMerging(i, o, norm_layer=LayerNorm, **dd),  # Swin PatchMerging
-    "conv_bn": lambda i, o, dd: NhwcSequential(nn.Conv2d(i, o, 3, 2, 1, **dd), nn.BatchNorm2d(o, **dd)),  # BiFormer
+    # BiFormer; VAN's OverlapPatchEmbed(3x3, s2, padding 1) + BN
+    "conv_bn": lambda i, o, dd: NhwcSequential(nn.Conv2d(i, o, 3, 2, 1, **dd), nn.BatchNorm2d(o, **dd)),
     "bn_patch": lambda i, o, dd: NhwcSequential(nn.BatchNorm2d(i, **dd), nn.Conv2d(i, o, 2, 2, **dd), pad_multiple=2),
+    "dtm": _dtm,  # LITv2 deformable token merging
     "none": None,  # isotropic
 }
 
-FINAL_NORMS: dict[str, Callable[..., nn.Module]] = {"layernorm": LayerNorm, "batchnorm": BatchNormNhwc}
+#: kind -> constructor ``(channels, eps=, device=, dtype=)`` of a norm on ``[B, H, W, C]`` (block and stage norms)
+NORMS: dict[str, Callable[..., nn.Module]] = {"layernorm": nn.LayerNorm, "batchnorm": BatchNormNhwc}
+
+#: kind -> constructor ``(channels, device=, dtype=)`` of the norm after the last stage
+FINAL_NORMS: dict[str, Callable[..., nn.Module]] = {
+    "layernorm": LayerNorm,  # eps 1e-5
+    "batchnorm": BatchNormNhwc,
+    "none": lambda c, **dd: nn.Identity(),  # VAN: the last stage closes with its own norm
+}
 
 
 def _check(kind: str, table: dict, what: str) -> None:
@@ -117,11 +144,13 @@ class BlockCfg:
     mlp_ratio: float = 4.0
     mlp_layer: str = "mlp"  # a key of blocks.mlp.MLP_LAYERS
     layer_scale: float | None = None  # initial per-channel layer scale (None: none)
-    norm_eps: float = 1e-5  # the blocks' LayerNorms
+    norm: str = "layernorm"  # a key of NORMS: the blocks' pre-norms (VAN: 'batchnorm')
+    norm_eps: float = 1e-5  # the blocks' pre-norms
     pos_kernel: int = 0  # depthwise-conv position embedding before the block (0: none)
 
     def __post_init__(self):
         _check(self.mlp_layer, MLP_LAYERS, "BlockCfg.mlp_layer")
+        _check(self.norm, NORMS, "BlockCfg.norm")
 
 
 @dataclass(frozen=True)
@@ -143,6 +172,8 @@ class HierarchicalCfg:
     stem: StemCfg = StemCfg()
     downsample: str = "conv_ln"  # a key of DOWNSAMPLES, between consecutive stages
     final_norm: str = "layernorm"  # a key of FINAL_NORMS
+    stage_norm: str | None = None  # a key of NORMS: a norm closing every stage (None: none)
+    stage_norm_eps: float = 1e-5
     #: parameter-name patterns excluded from weight decay (fnmatch)
     no_weight_decay: tuple[str, ...] = ()
 
@@ -152,6 +183,8 @@ class HierarchicalCfg:
             raise ValueError("HierarchicalCfg: at least one stage is needed")
         _check(self.downsample, DOWNSAMPLES, "HierarchicalCfg.downsample")
         _check(self.final_norm, FINAL_NORMS, "HierarchicalCfg.final_norm")
+        if self.stage_norm is not None:
+            _check(self.stage_norm, NORMS, "HierarchicalCfg.stage_norm")
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -206,9 +239,11 @@ class HierarchicalNet(Backbone):
                 create_token_mixer(stage.mixer.kind, stage.width, stage.num_heads, attn_drop=attn_drop_rate,
                                    proj_drop=proj_drop_rate, backend=backend, **stage.mixer.block_options(j), **dd),
                 mlp_ratio=blk.mlp_ratio, proj_drop=proj_drop_rate, drop_path=dpr[j], layer_scale=blk.layer_scale,
-                norm_layer=partial(nn.LayerNorm, eps=blk.norm_eps), mlp_layer=get_mlp_layer(blk.mlp_layer),
+                norm_layer=partial(NORMS[blk.norm], eps=blk.norm_eps), mlp_layer=get_mlp_layer(blk.mlp_layer),
                 pos_kernel=blk.pos_kernel, **dd) for j in range(stage.depth)]
-            stages.append(Stage(downsample, blocks))
+            norm = None if arch.stage_norm is None else NORMS[arch.stage_norm](stage.width, eps=arch.stage_norm_eps,
+                                                                               **dd)
+            stages.append(Stage(downsample, blocks, norm))
         self.stages = nn.Sequential(*stages)
         self.norm = FINAL_NORMS[arch.final_norm](widths[-1], **dd)
         self.head = ClassifierHead(widths[-1], num_classes, global_pool, drop_rate, **dd)
