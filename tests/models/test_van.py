@@ -113,3 +113,27 @@ def test_any_input_size_train_and_eval():
     """Sizes the official code also runs (its convs are all padded); maps down to 1x1 at stage 4."""
     model = visionzoo.create_model("van_b1", num_classes=5, drop_path_rate=0.1, **SMALL)
     check_train_and_eval(model, [(193, 161), (97, 131), (32, 32)], batch=2)
+
+
+@pytest.mark.parametrize("name", ["van_b0", "litv2_small"])
+def test_fused_inference_equals_plain_modules(name, monkeypatch):
+    """Eval + no-grad runs the folded / fused oneDNN path (BN pre-norms folded into proj_1 / fc1, GELU as
+    post-ops, layer scale and shortcuts in the GEMMs); it equals the plain modules up to float rounding."""
+    from visionzoo.blocks import fused_eval
+    if not fused_eval._AVAILABLE:
+        pytest.skip("torch built without oneDNN's fused pointwise ops")
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=5, **(SMALL if name.startswith("van") else dict(
+        depths=(1, 1, 2, 1), embed_dim=16, num_heads=(1, 2, 4, 8))))
+    model.train()
+    model(torch.randn(4, 3, 64, 64))  # non-trivial BN statistics
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    x = torch.randn(2, 3, 67, 45)
+    with torch.no_grad():
+        fused = model(x)
+        monkeypatch.setattr(fused_eval, "_AVAILABLE", False)
+        plain = model(x)
+    torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)

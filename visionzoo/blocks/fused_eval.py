@@ -13,7 +13,9 @@ input is a float32 CPU tensor (not an FX proxy), the code runs eagerly (not unde
 ``torch.compile``, whose Inductor fuses on its own) and oneDNN is built and enabled. Otherwise the
 callers run their plain modules. Used by MaxViT (MBConv, MLP, attention projections), the NAT
 family (qkv / proj), every :class:`~visionzoo.blocks.TransformerBlock` (NAT / DiNAT / BiFormer MLPs,
-layer scale folded) and the attention ResNets (Conv-BN-ReLU). Results equal the plain path
+layer scale folded; VAN / LITv2 DW-conv MLPs with GELU fused into the depthwise conv and a BatchNorm
+pre-norm folded into ``fc1``), VAN's attention (BatchNorm pre-norm, inner shortcut and layer scale
+folded into its projections) and the attention ResNets (Conv-BN-ReLU). Results equal the plain path
 up to float rounding (BN folding reassociates; ~1e-6 relative), which the model tests check.
 
 Folded weights are cached on the owning module and rebuilt when any source tensor changes
@@ -26,11 +28,12 @@ import torch.nn as nn
 from timm.layers import GELUTanh, Mlp
 from timm.layers import GELU as TimmGELU
 
-from .conv_bn import bn_folded_conv
+from .conv_bn import bn_folded_conv, bn_scale_shift
+from .mlp import DWConvMlp
 
 
 __all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "mlp_applies", "mlp_add", "conv_act", "folded",
-           "conv_bn_folded"]
+           "conv_bn_folded", "pre_bn_folded_linear", "dwconv_mlp_applies", "dwconv_mlp_add"]
 
 NO_ACT = ("none", "")
 
@@ -138,3 +141,41 @@ def conv_bn_folded(owner: nn.Module, name: str, conv: nn.Conv2d, bn: nn.BatchNor
     sources = tuple(t for m in bns for t in (m.weight, m.bias, m.running_mean, m.running_var))
     sources += tuple(t for t in (conv.weight, conv.bias) if t is not None)
     return folded(owner, name, sources, lambda: bn_folded_conv(conv, bn, pre_bn))
+
+
+def pre_bn_folded_linear(owner: nn.Module, name: str, fc: nn.Linear, bn: nn.BatchNorm2d | None,
+                         gamma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight and bias of ``gamma * fc(bn(x))`` on channels-last tokens (``bn`` in eval: a per-channel
+    affine map ``x * s + t``, so ``W' = W diag(s)``, ``b' = W t + b``), cached on ``owner`` under ``name``."""
+    sources = tuple(t for t in (fc.weight, fc.bias, gamma) if t is not None)
+    if bn is not None:
+        sources += (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+
+    def make():
+        w, b = fc.weight, fc.bias
+        if bn is not None:
+            scale, shift = bn_scale_shift(bn)
+            w, b = w * scale, (w @ shift if b is None else b + w @ shift)
+        if gamma is not None:
+            w, b = w * gamma[:, None], (None if b is None else b * gamma)
+        return w.contiguous(), b
+    return folded(owner, name, sources, make)
+
+
+def dwconv_mlp_applies(owner: nn.Module, mlp: nn.Module, x: torch.Tensor) -> bool:
+    """:func:`dwconv_mlp_add` may run: the fast path applies and ``mlp`` is a
+    :class:`~visionzoo.blocks.mlp.DWConvMlp` whose activation is a oneDNN post-op."""
+    return type(mlp) is DWConvMlp and applies(owner, x) and fused_act(mlp.act) is not None
+
+
+def dwconv_mlp_add(owner: nn.Module, mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor,
+                   gamma: torch.Tensor | None = None, pre_bn: nn.BatchNorm2d | None = None) -> torch.Tensor:
+    """``residual + gamma * mlp(pre_bn(x))`` for a DW-conv MLP on ``[B, H, W, C]``, in three oneDNN calls:
+    fc1 (``pre_bn`` folded in), the depthwise conv with the activation as a post-op (on the channels-last
+    NCHW view), fc2 with ``gamma`` folded in and the residual sum. Only where :func:`dwconv_mlp_applies`."""
+    w1, b1 = pre_bn_folded_linear(owner, "_fold_dwmlp_fc1", mlp.fc1, pre_bn)
+    w2, b2 = pre_bn_folded_linear(owner, "_fold_dwmlp_fc2", mlp.fc2, None, gamma)
+    h = linear_act(x, w1, b1, NO_ACT).permute(0, 3, 1, 2)
+    dw = mlp.dwconv
+    h = conv_act(h, dw.weight, dw.bias, dw, fused_act(mlp.act)).permute(0, 2, 3, 1)
+    return linear_add(h, w2, b2, residual)

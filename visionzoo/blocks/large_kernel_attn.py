@@ -23,6 +23,7 @@ from timm.layers import register_notrace_module
 
 from ..ops.lka import lka
 from . import fused_eval
+from .conv_bn import bn_scale_shift
 
 __all__ = ["LargeKernelAttn", "VanAttn"]
 
@@ -84,3 +85,18 @@ class VanAttn(nn.Module):
             u = fused_eval.linear_act(x, self.proj_1.weight, self.proj_1.bias, fused_eval.fused_act(self.act))
             return fused_eval.linear_add(self.lka(u), self.proj_2.weight, self.proj_2.bias, x)
         return self.proj_drop(self.proj_2(self.lka(self.act(self.proj_1(x))))) + x
+
+    def forward_bn_residual(self, x: torch.Tensor, bn: nn.BatchNorm2d, gamma: torch.Tensor | None) -> torch.Tensor:
+        """Inference form of VAN's residual ``x + gamma * self(bn(x))`` (eval ``bn = x * s + t``): ``bn``
+        folds into ``proj_1`` (GELU as its post-op) and, through the inner shortcut, into the residual
+        ``x * (1 + gamma s)`` and ``proj_2``'s bias: ``+ (gamma W2) a + gamma (b2 + t)``, summed in the GEMM."""
+        g = torch.ones_like(bn.weight) if gamma is None else gamma
+        w1, b1 = fused_eval.pre_bn_folded_linear(self, "_fold_proj_1", self.proj_1, bn)
+
+        def fold2():
+            scale, shift = bn_scale_shift(bn)
+            return (self.proj_2.weight * g[:, None]).contiguous(), g * (self.proj_2.bias + shift), 1 + g * scale
+        w2, b2, keep = fused_eval.folded(self, "_fold_proj_2", (self.proj_2.weight, self.proj_2.bias, g, bn.weight,
+                                                                bn.bias, bn.running_mean, bn.running_var), fold2)
+        u = fused_eval.linear_act(x, w1, b1, fused_eval.fused_act(self.act))
+        return fused_eval.linear_add(self.lka(u), w2, b2, x * keep)

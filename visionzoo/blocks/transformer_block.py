@@ -9,7 +9,9 @@ isotropic NAT / ViT-RPB, BiFormer, VAN, LITv2); without a mixer (``attn=None``, 
 blocks) it is the MLP residual alone, with no ``norm1``. ``ls1`` / ``ls2`` are per-channel
 layer scales (CaiT / NAT ``gamma1`` / ``gamma2``) or Identity. Inference (eval, autograd off, fp32
 CPU) runs the MLP and its residual as two oneDNN GEMMs (:func:`~visionzoo.blocks.fused_eval.mlp_add`)
-when the MLP is timm's ``Mlp``.
+when the MLP is timm's ``Mlp``, as GEMM / depthwise conv with fused GELU / GEMM with the residual sum
+for a ``DWConvMlp`` (a BatchNorm pre-norm folded in), and a mixer with ``forward_bn_residual`` (VAN)
+folds a BatchNorm pre-norm and the layer scale into its own projections.
 """
 from __future__ import annotations
 
@@ -60,7 +62,15 @@ class TransformerBlock(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if self.attn is not None:
-            x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+            if hasattr(self.attn, "forward_bn_residual") and isinstance(self.norm1, nn.BatchNorm2d) \
+                    and fused_eval.applies(self, x):  # inference: VAN folds BN and layer scale into its GEMMs
+                x = self.attn.forward_bn_residual(x, self.norm1, getattr(self.ls1, "gamma", None))
+            else:
+                x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
         if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs, layer scale folded
             return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x, getattr(self.ls2, "gamma", None))
+        if fused_eval.dwconv_mlp_applies(self, self.mlp, x):  # a BatchNorm pre-norm folds into fc1
+            bn = self.norm2 if isinstance(self.norm2, nn.BatchNorm2d) else None
+            return fused_eval.dwconv_mlp_add(self, self.mlp, x if bn is not None else self.norm2(x), x,
+                                             getattr(self.ls2, "gamma", None), pre_bn=bn)
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
