@@ -40,8 +40,10 @@ def test_matches_reference_low_precision(dtype, case):
 
 
 def _float32_inputs(case):
+    """fp32 inputs on the device the kernels run on (CUDA where there is a GPU, else interpreted on CPU)."""
     *shape, block, halo, stride, bias = case
-    return [t.detach().float() for t in _inputs(*shape, block, halo, stride, bias, batch=1)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return [t.detach().float().to(device) for t in _inputs(*shape, block, halo, stride, bias, batch=1)]
 
 
 def test_opcheck():
