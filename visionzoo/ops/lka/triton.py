@@ -13,6 +13,8 @@ kernel header), so autograd saves only the inputs.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._triton import _empty, _pow2
@@ -23,14 +25,28 @@ __all__ = ["lka_triton", "lka_forward", "lka_backward"]
 BC = 4  # channels per program: NCHW rows stay coalesced along W whatever BC is; small keeps the slot in L2
 
 
-def _plan(x, pad_b):
+# Register budgets for the sm_90a builds (tests/ops/test_lka_triton.py::test_builds_for_sm90 checks them
+# at VAN's geometry). The fused kernel's phase 1 holds one chunk of ``a`` (``BC x RR x RC`` fp32) while it
+# runs ``KA^2`` unrolled taps; 1024 values on 8 warps (4 per thread) leave room for the input gradient's
+# 49-tap dilated first convolution (2048 spilled 452 B in fp16/bf16). The weight-gradient kernel keeps
+# ``dy``, ``da`` and a tap's ``a`` and ``dy`` shifted on the whole ``BC x TILE^2`` tile at once: 16 warps
+# for 32 x 32 tiles (8 spilled 464-500 B in fp16). Under TRITON_INTERPRET (the CPU test suite) registers do
+# not exist and every interpreted loop iteration costs: chunks of 2048 halve phase 1's iterations (the
+# tests' maps still mostly end in a partial chunk, so the masked tail is covered either way).
+CHUNK = 1024
+INTERPRETER_CHUNK = 2048
+WARPS = {"fused": (4, 8), "wgrad": (4, 16)}  # (tiles of <= 256 pixels, larger tiles)
+
+
+def _plan(x, pad_b, kernel="fused"):
     """Tile side (a power of two, at most 32, at least the map when smaller), slot geometry and the
     persistent grid (a few programs per SM on CUDA; under the interpreter a handful)."""
     B, C, H, W = x.shape
     tile = min(32, max(4, _pow2(max(H, W))))
     rows = tile + 2 * pad_b
     rc = _pow2(rows)
-    rr = max(1, 2048 // (rc * BC))  # region rows per chunk: ~2048 fp32 values of a in registers
+    chunk = INTERPRETER_CHUNK if os.environ.get("TRITON_INTERPRET", "0") == "1" else CHUNK
+    rr = max(1, chunk // (rc * BC))  # region rows per chunk of a held in registers
     ncb = -(-C // BC)
     tiles_h, tiles_w = -(-H // tile), -(-W // tile)
     n_tiles = B * ncb * tiles_h * tiles_w
@@ -40,8 +56,9 @@ def _plan(x, pad_b):
         slots = 4
     nprog = min(n_tiles, slots)
     scratch = torch.empty(nprog * BC * rows * rc, dtype=torch.float32, device=x.device)
+    warps = WARPS[kernel][0 if tile * tile <= 256 else 1]
     return dict(ncb=ncb, tiles_h=tiles_h, tiles_w=tiles_w, n_tiles=n_tiles, nprog=nprog, scratch=scratch,
-                consts=dict(BC=BC, TILE=tile, RC=rc, RR=rr, num_warps=4 if tile * tile <= 256 else 8))
+                consts=dict(BC=BC, TILE=tile, RC=rc, RR=rr, num_warps=warps))
 
 
 def _fused(x, wa, ba, da, wb, bb, db):
@@ -72,7 +89,7 @@ def lka_backward(dy, x, w0, b0, w1, b1, dilation):
     f32 = dict(dtype=torch.float32, device=x.device)
     dw0, dw1 = torch.zeros(C, k0 * k0, **f32), torch.zeros(C, k1 * k1, **f32)
     db0, db1 = torch.zeros(C, **f32), torch.zeros(C, **f32)
-    plan = _plan(x, dilation * (k1 // 2))
+    plan = _plan(x, dilation * (k1 // 2), "wgrad")
     _k._lka_wgrad_kernel[(plan["nprog"],)](
         x, w0.contiguous(), x if b0 is None else b0.contiguous(), w1.contiguous(), dy, plan["scratch"],
         dw0, db0, dw1, db1, H, W, C, plan["ncb"], plan["tiles_h"], plan["tiles_w"], plan["n_tiles"],
