@@ -44,7 +44,7 @@ import torch
 
 from visionzoo.ops import _backend, _testing
 
-__all__ = ["BackendTester", "device_for"]
+__all__ = ["BackendTester", "device_for", "assert_compiles_like_eager"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -120,3 +120,18 @@ class BackendTester:
             _testing.assert_all_close(got, {name: t.cpu() for name, t in want.items()})
         except AssertionError as e:
             raise AssertionError(f"{self.op_name} [{self.label}]: backend {backend!r}, {dtype}:\n{e}") from None
+
+
+def assert_compiles_like_eager(fn: Callable, tensors: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    """``torch.compile(fn, fullgraph=True)`` (aot_eager) gives the eager output and input gradients:
+    the op's custom ops trace as opaque nodes with working fake kernels and autograd. ``tensors``
+    require grad; ``names`` name their gradients."""
+    _backend.preload()  # compile cannot trace a first-time import
+    eager = fn(*tensors)
+    eager_grads = torch.autograd.grad(eager.square().sum(), tensors)
+    torch._dynamo.reset()
+    out = torch.compile(fn, fullgraph=True, backend="aot_eager")(*tensors)
+    grads = torch.autograd.grad(out.square().sum(), tensors)
+    _testing.assert_close(out, eager)
+    for name, a, b in zip(names, grads, eager_grads):
+        _testing.assert_close(a, b, "grad", name)

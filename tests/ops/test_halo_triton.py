@@ -7,15 +7,14 @@ launchers allocate are NaN-filled, so an element a kernel forgets to write fails
 import pytest
 import torch
 
-import visionzoo
 
 pytest.importorskip("triton", reason="Triton is not importable, so the triton backend of halo_attn cannot run")
 
 import visionzoo.ops.halo.triton as halo_triton  # noqa: E402
-from visionzoo.ops import _testing  # noqa: E402
 from visionzoo.ops.halo import halo_attn  # noqa: E402
 from visionzoo.ops.partition import pad_map, pad_to_size  # noqa: E402
 
+from ._backend_tester import assert_compiles_like_eager  # noqa: E402
 from .test_halo import NAMES, _inputs, halo_tester  # noqa: E402
 
 # (H, W, heads, D, Dv, block, halo, stride, bias)
@@ -61,20 +60,12 @@ def test_opcheck():
 
 
 def test_compile_fullgraph_front_door():
-    visionzoo.ops._backend.preload()  # compile cannot trace a first-time import
     tensors = [t.requires_grad_() for t in _float32_inputs(CASES[0])]
 
     def fn(q, k, v, rh, rw):
         return halo_attn(q, k, v, 4, 1, rh, rw, backend="triton")
 
-    eager = fn(*tensors)
-    eager_grads = torch.autograd.grad(eager.square().sum(), tensors)
-    torch._dynamo.reset()
-    out = torch.compile(fn, fullgraph=True, backend="aot_eager")(*tensors)
-    grads = torch.autograd.grad(out.square().sum(), tensors)
-    _testing.assert_close(out, eager)
-    for name, a, b in zip(NAMES, grads, eager_grads):
-        _testing.assert_close(a, b, "grad", name)
+    assert_compiles_like_eager(fn, tensors, NAMES)
 
 
 def test_shared_triton_helpers():

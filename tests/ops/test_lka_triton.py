@@ -8,14 +8,13 @@ launchers allocate are NaN-filled, so an element a kernel forgets to write fails
 import pytest
 import torch
 
-import visionzoo
 
 pytest.importorskip("triton", reason="Triton is not importable, so the triton backend of lka cannot run")
 
 from visionzoo.ops.lka import triton as lka_triton  # noqa: E402  (visionzoo.ops.lka is the function)
 from visionzoo.ops import _testing, lka  # noqa: E402
 
-from ._backend_tester import device_for  # noqa: E402
+from ._backend_tester import assert_compiles_like_eager, device_for  # noqa: E402
 from .test_lka import CASES, NAMES, _inputs, lka_tester  # noqa: E402
 
 # (B, C, H, W, k0, k1, dilation, channels_last): CASES of test_lka (9x13, 3x5 channels_last, 1x1,
@@ -70,20 +69,12 @@ def test_opcheck(bias):
 
 
 def test_compile_fullgraph_front_door():
-    visionzoo.ops._backend.preload()  # compile cannot trace a first-time import
     tensors = [t.requires_grad_() for t in _float32_inputs(CASES[0])]
 
     def fn(x, w0, b0, w1, b1):
         return lka(x, w0, b0, w1, b1, 3, backend="triton")
 
-    eager = fn(*tensors)
-    eager_grads = torch.autograd.grad(eager.square().sum(), tensors)
-    torch._dynamo.reset()
-    out = torch.compile(fn, fullgraph=True, backend="aot_eager")(*tensors)
-    grads = torch.autograd.grad(out.square().sum(), tensors)
-    _testing.assert_close(out, eager)
-    for name, a, b in zip(NAMES, grads, eager_grads):
-        _testing.assert_close(a, b, "grad", name)
+    assert_compiles_like_eager(fn, tensors, NAMES)
 
 
 def _build_for_sm90():

@@ -4,14 +4,13 @@ are NaN-filled so unwritten elements fail); opcheck, torch.compile, sm_90a build
 import pytest
 import torch
 
-import visionzoo
 
 pytest.importorskip("triton", reason="Triton is not importable, so the triton backend of bra cannot run")
 
 import visionzoo.ops.routing.triton as bra_triton  # noqa: E402
-from visionzoo.ops import _testing  # noqa: E402
 from visionzoo.ops.routing import bra  # noqa: E402
 
+from ._backend_tester import assert_compiles_like_eager  # noqa: E402
 from .test_routing import NAMES, bra_tester  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels need CUDA tensors where there is a GPU
@@ -49,21 +48,13 @@ def test_opcheck():
 
 
 def test_compile_fullgraph_front_door():
-    visionzoo.ops._backend.preload()  # compile cannot trace a first-time import
     g = torch.Generator().manual_seed(0)
     ts = [torch.randn(1, 6, 6, 1, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3)]
 
     def fn(q, k, v):
         return bra(q, k, v, 3, 2, backend="triton")
 
-    eager = fn(*ts)
-    eager_grads = torch.autograd.grad(eager.square().sum(), ts)
-    torch._dynamo.reset()
-    out = torch.compile(fn, fullgraph=True, backend="aot_eager")(*ts)
-    grads = torch.autograd.grad(out.square().sum(), ts)
-    _testing.assert_close(out, eager)
-    for name, a, b in zip(NAMES, grads, eager_grads):
-        _testing.assert_close(a, b, "grad", name)
+    assert_compiles_like_eager(fn, ts, NAMES)
 
 
 def test_bad_routing_indices_raise():
