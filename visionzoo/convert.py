@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Callable, Iterable, Mapping
@@ -114,8 +115,23 @@ def remap(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module,
     raise CheckpointError(f"checkpoint keys match no known layout of {type(model).__name__}:\n  " + "\n  ".join(report))
 
 
+def official_layernorm_eps(family: str, norm_layer) -> float:
+    """eps of an official ``norm_layer`` argument: ``nn.LayerNorm`` (or None / its name: 1e-5),
+    ``partial(nn.LayerNorm, eps=...)``, or the fixtures' string form ``"LayerNorm(eps=1e-6)"``. Any other
+    norm raises ``NotImplementedError``."""
+    if norm_layer is None or norm_layer is torch.nn.LayerNorm:
+        return 1e-5
+    if isinstance(norm_layer, functools.partial) and norm_layer.func is torch.nn.LayerNorm:
+        return float(norm_layer.keywords.get("eps", 1e-5))
+    if isinstance(norm_layer, str) and "LayerNorm" in norm_layer:
+        found = re.search(r"eps\s*=\s*([0-9.eE+-]+)", norm_layer)
+        return float(found.group(1)) if found else 1e-5
+    raise NotImplementedError(f"from_official({family!r}): only LayerNorm norm_layers are implemented, "
+                              f"got {norm_layer!r}")
+
+
 def check_official_kwargs(family: str, kwargs: Mapping, allowed: Iterable[str],
-                          supported: Mapping[str, object] | None = None) -> dict:
+                          supported: Mapping[str, object] | None = None, layernorm_eps: float | None = None) -> dict:
     """A copy of an official constructor's ``kwargs`` after the checks every family makes.
 
     Args:
@@ -123,6 +139,8 @@ def check_official_kwargs(family: str, kwargs: Mapping, allowed: Iterable[str],
         allowed: every argument the official constructor takes; others raise ``TypeError``.
         supported: argument -> the only value (its default) visionzoo implements; another value raises
             ``NotImplementedError`` naming them all.
+        layernorm_eps: the family builds LayerNorms of this eps only: ``norm_layer`` is checked to be
+            one (:func:`official_layernorm_eps`) and dropped from the copy.
     """
     kwargs = dict(kwargs)
     unknown = set(kwargs) - set(allowed)
@@ -132,6 +150,11 @@ def check_official_kwargs(family: str, kwargs: Mapping, allowed: Iterable[str],
     if off:
         raise NotImplementedError(f"from_official({family!r}): only {dict(supported)} is implemented for these "
                                   f"arguments; got {off}")
+    if layernorm_eps is not None:
+        norm = kwargs.pop("norm_layer", None)
+        if official_layernorm_eps(family, norm) != layernorm_eps:
+            raise NotImplementedError(f"from_official({family!r}): only norm_layer=nn.LayerNorm with eps "
+                                      f"{layernorm_eps} is implemented, got {norm!r}")
     return kwargs
 
 

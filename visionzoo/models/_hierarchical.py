@@ -36,7 +36,7 @@ from ..blocks.nhwc import BatchNormNhwc, ConvDownsample, ConvTokenizer, LayerNor
 from ..blocks.transformer_block import TransformerBlock
 from ._base import Backbone, Stage, drop_path_rates, init_linear_trunc_normal
 
-__all__ = ["StemCfg", "MixerCfg", "BlockCfg", "StageCfg", "HierarchicalCfg", "HierarchicalNet", "STEMS",
+__all__ = ["per_stage", "StemCfg", "MixerCfg", "BlockCfg", "StageCfg", "HierarchicalCfg", "HierarchicalNet", "STEMS",
            "DOWNSAMPLES", "NORMS", "FINAL_NORMS"]
 
 
@@ -100,6 +100,23 @@ FINAL_NORMS: dict[str, Callable[..., nn.Module]] = {
     "batchnorm": BatchNormNhwc,
     "none": lambda c, **dd: nn.Identity(),  # VAN: the last stage closes with its own norm
 }
+
+
+def per_stage(cfg, *names: str, heads: str | None = None) -> int:
+    """Validate the per-stage fields of a frozen family config: ``names`` become tuples (ints kept as
+    given) with one entry per stage (the first field's length, non-zero); with ``heads``, every width in
+    ``cfg.widths`` must divide by that field's head count. Returns the number of stages."""
+    for name in names:
+        object.__setattr__(cfg, name, tuple(getattr(cfg, name)))
+    n = len(getattr(cfg, names[0]))
+    if n == 0 or any(len(getattr(cfg, name)) != n for name in names):
+        fields = ", ".join(f"{name} {getattr(cfg, name)}" for name in names)
+        raise ValueError(f"{type(cfg).__name__}: {fields} need one entry per stage (at least one stage)")
+    if heads is not None:
+        for i, (w, h) in enumerate(zip(cfg.widths, getattr(cfg, heads))):
+            if w % h:
+                raise ValueError(f"{type(cfg).__name__}: stage {i} width {w} is not divisible by {heads} {h}")
+    return n
 
 
 def _check(kind: str, table: dict, what: str) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .. import convert
 from ._base import pretrained_cfg
-from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg
+from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
 
 __all__ = ["BiFormerCfg", "VARIANTS", "checkpoint_filter_fn"]
@@ -55,10 +55,7 @@ class BiFormerCfg:
     downsample: str = "conv_bn"  # 'bn_patch' in the Swin layout
 
     def __post_init__(self):
-        n = len(self.depths)
-        for name in ("widths", "mlp_ratios", "mixers") + (("qk_dims",) if self.qk_dims else ()):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"BiFormerCfg.{name} needs one entry per stage ({n}), got {getattr(self, name)}")
+        per_stage(self, "depths", "widths", "mlp_ratios", "mixers", *(("qk_dims",) if self.qk_dims else ()))
         self.arch()
 
     def arch(self) -> HierarchicalCfg:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from .. import convert
 from ._hierarchical import HierarchicalNet, StemCfg
 from ._registry import register_family
-from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_kwargs_check,
-                  official_model_kwargs, tiny)
+from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_model_kwargs, tiny)
 
 __all__ = ["VARIANTS"]
 
@@ -23,10 +23,10 @@ def _official(kw: dict):
     """``DiNAT_s(patch_size=4, in_chans=3, num_classes=1000, embed_dim=96, depths=[2, 2, 6, 2],
     num_heads=[3, 6, 12, 24], kernel_size=7, dilations=None, mlp_ratio=4., qkv_bias=True, qk_scale=None,
     drop_rate=0., attn_drop_rate=0., drop_path_rate=0.2, norm_layer=nn.LayerNorm, patch_norm=True)``."""
-    kw = official_kwargs_check(kw, "dinat_s", {"patch_size", "in_chans", "num_classes", "embed_dim", "depths",
+    kw = convert.check_official_kwargs("dinat_s", kw, {"patch_size", "in_chans", "num_classes", "embed_dim", "depths",
                                                "num_heads", "kernel_size", "dilations", "mlp_ratio", "qkv_bias",
                                                "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate",
-                                               "norm_layer", "patch_norm"})
+                                               "norm_layer", "patch_norm"}, layernorm_eps=1e-5)
     dil = kw.get("dilations")
     overrides = dict(stem=StemCfg("patch", int(kw.get("patch_size", 4)), bool(kw.get("patch_norm", True))),
                      embed_dim=int(kw.get("embed_dim", 96)),

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 from .. import convert
 from ._base import pretrained_cfg
-from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg
+from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
-from .nat import official_kwargs_check
 
 __all__ = ["LITv2Cfg", "VARIANTS", "checkpoint_filter_fn"]
 
@@ -45,15 +44,7 @@ class LITv2Cfg:
     patch_norm: bool = True
 
     def __post_init__(self):
-        for name in ("depths", "num_heads", "local_ws"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        n = len(self.depths)
-        if n == 0 or len(self.num_heads) != n or len(self.local_ws) != n:
-            raise ValueError(f"LITv2Cfg: depths {self.depths}, num_heads {self.num_heads} and local_ws "
-                             f"{self.local_ws} need one entry per stage")
-        for i, (w, h) in enumerate(zip(self.widths, self.num_heads)):
-            if w % h:
-                raise ValueError(f"LITv2Cfg: stage {i} width {w} is not divisible by num_heads {h}")
+        per_stage(self, "depths", "num_heads", "local_ws", heads="num_heads")
         self.arch()
 
     @property
@@ -91,10 +82,10 @@ def _official(kw: dict):
     drop_path_rate=0.1, norm_layer=nn.LayerNorm, ape=False, patch_norm=True, use_checkpoint=False,
     has_msa=[0, 0, 1, 1], alpha=0.5, local_ws=None)`` call. ``img_size`` only fixes the official input
     size (any size runs here); ``attn_drop_rate`` is accepted and, as in the official HiLo, unused."""
-    kw = official_kwargs_check(kw, "litv2", {
+    kw = convert.check_official_kwargs("litv2", kw, {
         "img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depths", "num_heads", "mlp_ratio",
         "qkv_bias", "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate", "norm_layer", "ape", "patch_norm",
-        "use_checkpoint", "has_msa", "alpha", "local_ws"})
+        "use_checkpoint", "has_msa", "alpha", "local_ws"}, layernorm_eps=1e-5)
     if kw.get("ape", False):
         raise NotImplementedError("from_official('litv2'): ape=True (an absolute position embedding the official "
                                   "LITv2 never builds) is not implemented")

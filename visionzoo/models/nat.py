@@ -25,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch.nn as nn
 
 from .. import convert
 from ._base import pretrained_cfg
-from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg
+from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
 
 __all__ = ["NATCfg", "VARIANTS", "checkpoint_filter_fn"]
@@ -54,20 +53,12 @@ class NATCfg:
     downsample: str = "conv_ln"  # NAT ConvDownsampler | 'merge' (Swin PatchMerging) | 'none' (isotropic)
 
     def __post_init__(self):
-        for name in ("depths", "num_heads"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        n = per_stage(self, "depths", "num_heads", heads="num_heads")
         if self.dilations is not None:
             object.__setattr__(self, "dilations", tuple(tuple(int(d) for d in s) for s in self.dilations))
-        n = len(self.depths)
-        if n == 0 or len(self.num_heads) != n or min(self.depths) < 1:
-            raise ValueError(f"NATCfg: depths {self.depths} and num_heads {self.num_heads} need the same non-zero "
-                             "length and positive depths")
         dil = self.dilations
         if dil is not None and (len(dil) != n or any(not s or min(s) < 1 for s in dil)):
             raise ValueError(f"NATCfg.dilations needs one non-empty tuple of positive ints per stage, got {dil}")
-        for i, (w, h) in enumerate(zip(self.widths, self.num_heads)):
-            if w % h:
-                raise ValueError(f"NATCfg: stage {i} width {w} is not divisible by num_heads {h}")
         self.arch()  # validates the stem / downsample / mixer kinds
 
     @property
@@ -118,16 +109,6 @@ def checkpoint_filter_fn(state_dict, model: HierarchicalNet):
 
 
 # ---- official constructor calls -> visionzoo configs --------------------------------------------
-def official_kwargs_check(kw: dict, family: str, allowed: set) -> dict:
-    """:func:`~visionzoo.convert.check_official_kwargs`, and ``norm_layer`` (LayerNorm only) dropped."""
-    kw = convert.check_official_kwargs(family, kw, allowed)
-    norm = kw.pop("norm_layer", nn.LayerNorm)
-    if norm not in (nn.LayerNorm, "LayerNorm", "nn.LayerNorm"):
-        raise NotImplementedError(f"from_official({family!r}): only norm_layer=nn.LayerNorm is implemented, "
-                                  f"got {norm!r}")
-    return kw
-
-
 def official_model_kwargs(kw: dict, drop_path_default: float) -> dict:
     """Official runtime arguments -> :class:`~visionzoo.models._hierarchical.HierarchicalNet` keyword arguments."""
     return dict(num_classes=kw.get("num_classes", 1000), in_chans=kw.get("in_chans", 3),
@@ -139,9 +120,10 @@ def _official_nat(kw: dict):
     """``NAT(embed_dim, mlp_ratio, depths, num_heads, drop_path_rate=0.2, in_chans=3, kernel_size=7,
     dilations=None, num_classes=1000, qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
     norm_layer=nn.LayerNorm, layer_scale=None)`` (DiNAT is the same class)."""
-    kw = official_kwargs_check(kw, "nat", {"embed_dim", "mlp_ratio", "depths", "num_heads", "drop_path_rate",
-                                           "in_chans", "kernel_size", "dilations", "num_classes", "qkv_bias",
-                                           "qk_scale", "drop_rate", "attn_drop_rate", "norm_layer", "layer_scale"})
+    kw = convert.check_official_kwargs("nat", kw, {
+        "embed_dim", "mlp_ratio", "depths", "num_heads", "drop_path_rate", "in_chans", "kernel_size", "dilations",
+        "num_classes", "qkv_bias", "qk_scale", "drop_rate", "attn_drop_rate", "norm_layer", "layer_scale"},
+        layernorm_eps=1e-5)
     scale = kw.get("layer_scale")
     dil = kw.get("dilations")
     overrides = dict(embed_dim=int(kw["embed_dim"]), mlp_ratio=float(kw["mlp_ratio"]), depths=tuple(kw["depths"]),

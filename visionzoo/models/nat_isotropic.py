@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from .. import convert
 from ._hierarchical import HierarchicalNet, MixerCfg, StemCfg
 from ._registry import register_family
-from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_kwargs_check,
-                  official_model_kwargs, tiny)
+from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_model_kwargs, tiny)
 
 __all__ = ["VARIANTS", "isotropic_cfg"]
 
@@ -48,10 +48,10 @@ def _official(kw: dict):
     num_heads=12, mlp_ratio=4., qkv_bias=True, qk_scale=None, kernel_size=7, dilation=2,
     layer=NATransformerLayer, drop_rate=0., attn_drop_rate=0., drop_path_rate=0.1, norm_layer=nn.LayerNorm,
     patch_norm=True)``; ``layer=VisionTransformerLayer`` (class or name) is ViT-RPB."""
-    kw = official_kwargs_check(kw, "nat_isotropic", {
+    kw = convert.check_official_kwargs("nat_isotropic", kw, {
         "img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
         "qk_scale", "kernel_size", "dilation", "layer", "drop_rate", "attn_drop_rate", "drop_path_rate", "norm_layer",
-        "patch_norm"})
+        "patch_norm"}, layernorm_eps=1e-5)
     layer = getattr(kw.get("layer", "NATransformerLayer"), "__name__", kw.get("layer", "NATransformerLayer"))
     if layer not in ("NATransformerLayer", "VisionTransformerLayer"):
         raise ValueError(f"from_official('nat_isotropic'): layer must be NATransformerLayer or VisionTransformerLayer, "

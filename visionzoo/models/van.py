@@ -18,15 +18,12 @@ MLP convs, ``ceil(n / 4)`` then ``ceil(n / 2)`` per stage for the patch embeds).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import re
 from dataclasses import dataclass
 
-import torch.nn as nn
 
 from .. import convert
 from ._base import pretrained_cfg
-from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg
+from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
 
 __all__ = ["VANCfg", "VARIANTS", "checkpoint_filter_fn"]
@@ -42,12 +39,7 @@ class VANCfg:
     norm_eps: float = 1e-6  # the LayerNorm closing each stage (official norm_layer=partial(LayerNorm, eps=1e-6))
 
     def __post_init__(self):
-        for name in ("depths", "widths", "mlp_ratios"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        n = len(self.depths)
-        if n == 0 or len(self.widths) != n or len(self.mlp_ratios) != n:
-            raise ValueError(f"VANCfg: depths {self.depths}, widths {self.widths} and mlp_ratios {self.mlp_ratios} "
-                             "need one entry per stage")
+        per_stage(self, "depths", "widths", "mlp_ratios")
         self.arch()
 
     def arch(self) -> HierarchicalCfg:
@@ -84,19 +76,6 @@ def checkpoint_filter_fn(state_dict, model: HierarchicalNet):
     return convert.remap(state_dict, model, {"official": lambda sd: convert.rename(sd, _RULES, _squeeze_1x1)})
 
 
-def _layernorm_eps(norm) -> float:
-    """eps of an official ``norm_layer``: ``nn.LayerNorm`` (1e-5, the VAN default), ``partial(nn.LayerNorm,
-    eps=...)`` (every released variant: 1e-6) or its string form (the fixtures' ``"LayerNorm(eps=1e-6)"``)."""
-    if norm is None or norm is nn.LayerNorm:
-        return 1e-5
-    if isinstance(norm, functools.partial) and norm.func is nn.LayerNorm:
-        return float(norm.keywords.get("eps", 1e-5))
-    if isinstance(norm, str) and "LayerNorm" in norm:
-        found = re.search(r"eps\s*=\s*([0-9.eE+-]+)", norm)
-        return float(found.group(1)) if found else 1e-5
-    raise NotImplementedError(f"from_official('van'): only LayerNorm norm_layers are implemented, got {norm!r}")
-
-
 def _official(kw: dict):
     """An official ``VAN(img_size=224, in_chans=3, num_classes=1000, embed_dims, mlp_ratios, drop_rate=0.,
     drop_path_rate=0., norm_layer=nn.LayerNorm, depths, num_stages=4, flag=False)`` call."""
@@ -107,7 +86,7 @@ def _official(kw: dict):
     if kw.get("num_stages", 4) != len(depths) or len(depths) != 4:
         raise NotImplementedError(f"from_official('van'): only num_stages=4 with four depths is implemented, got "
                                   f"num_stages={kw.get('num_stages', 4)}, depths={depths}")
-    eps = _layernorm_eps(kw.get("norm_layer"))
+    eps = convert.official_layernorm_eps("van", kw.get("norm_layer"))
     overrides = dict(depths=depths, widths=tuple(kw.get("embed_dims", (64, 128, 256, 512))),
                      mlp_ratios=tuple(kw.get("mlp_ratios", (4, 4, 4, 4))), norm_eps=eps)
     model_kwargs = dict(num_classes=kw.get("num_classes", 1000), in_chans=kw.get("in_chans", 3),
