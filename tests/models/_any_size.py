@@ -10,7 +10,7 @@ def check_train_and_eval(model, sizes, batch: int = 1) -> None:
         x = torch.randn(batch, 3, h, w)
         model.train()
         model(x).sum().backward()
-        missing = [n for n, p in model.named_parameters() if p.grad is None]
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{h}x{w}: parameters without gradient {missing}"
         model.zero_grad()
         model.eval()

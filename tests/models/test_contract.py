@@ -52,7 +52,7 @@ def test_forward_backward_all_params_get_grad(name):
     out = model(_x())
     assert out.shape == (2, 7) and torch.isfinite(out).all()
     out.mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"
 
 
@@ -103,7 +103,7 @@ def test_prune_intermediate_layers(name):
             torch.testing.assert_close(tap, taps[i])
         pruned.train()
         sum(t.sum() for t in pruned.forward_intermediates(x, indices=take, intermediates_only=True)).backward()
-        unused = [n for n, p in pruned.named_parameters() if p.grad is None]
+        unused = [n for n, p in pruned.named_parameters() if p.requires_grad and p.grad is None]
         assert not unused, f"pruned to {i}: unused parameters {unused}"
 
 

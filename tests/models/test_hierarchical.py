@@ -98,3 +98,40 @@ def test_mlp_only_blocks_stage_norms_and_new_rows():
         BlockCfg(norm="groupnorm")
     with pytest.raises(ValueError, match="takes no options"):
         create_token_mixer("none", 16, 1, window_size=2)
+
+
+def test_pvt_rows_pos_embed_and_per_block_mixers():
+    """PVT v1 / v2 rows (patch / overlap ConvLN stems and downsamplers, a per-stage absolute position
+    embedding resampled to other maps, the unapplied final norm) and a stage whose blocks have different
+    mixers (Agent-Swin's 'M<k>' stages)."""
+    swin = MixerCfg("swin", dict(window_size=3), cycle=dict(shift=(False, True)))
+    mixed = (MixerCfg("none"), swin, swin)
+    v1 = HierarchicalCfg((StageCfg(1, 16, 1, swin, pos_embed=(8, 8)), StageCfg(3, 32, 2, mixed, pos_embed=(4, 4))),
+                         StemCfg("patch", 4), "patch_ln", final_norm="layernorm_unapplied")
+    model = HierarchicalNet(v1, num_classes=3)
+    assert [type(b.attn).__name__ if b.attn is not None else None for b in model.stages[1].blocks] == \
+        [None, "SwinWindowAttn", "SwinWindowAttn"]
+    assert [b.attn.shift for b in model.stages[1].blocks[1:]] == [True, False]  # block 1 shifts, block 2 not
+    assert model.stages[0].pos_embed.shape == (1, 64, 16) and model.stages[1].pos_embed.shape == (1, 16, 32)
+    assert set(model.stages[1].downsample.state_dict()) == {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
+    assert "norm.weight" in model.state_dict()
+    check_train_and_eval(model, [(32, 32), (45, 61)], batch=2)
+    model.eval()
+    x = torch.randn(2, 3, 45, 61)  # a 12 x 16 stage-0 map: the 8 x 8 embedding is resampled
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        by_hand = model.stem(x)
+        pos = torch.nn.functional.interpolate(model.stages[0].pos_embed.reshape(1, 8, 8, 16).permute(0, 3, 1, 2),
+                                              size=by_hand.shape[1:3], mode="bilinear", align_corners=False)
+        by_hand = model.stages[0].blocks(by_hand + pos.permute(0, 2, 3, 1))
+        by_hand = model.stages[1](by_hand)
+    torch.testing.assert_close(feats, by_hand.permute(0, 3, 1, 2))  # the final norm is not applied
+    v2 = HierarchicalCfg((StageCfg(1, 16, 1, swin), StageCfg(1, 32, 2, swin)), StemCfg("overlap_ln"), "overlap_ln",
+                         stage_norm="layernorm", stage_norm_eps=1e-6)
+    model = HierarchicalNet(v2, num_classes=3)
+    assert model.stem.proj.kernel_size == (7, 7) and model.stages[1].downsample.proj.kernel_size == (3, 3)
+    check_train_and_eval(model, [(33, 47)], batch=2)
+    with pytest.raises(ValueError, match="one MixerCfg per block"):
+        StageCfg(2, 16, 1, (swin,))
+    with pytest.raises(ValueError, match="pos_embed"):
+        StageCfg(1, 16, 1, pos_embed=(0, 4))

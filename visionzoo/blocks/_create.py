@@ -18,6 +18,7 @@ from .large_kernel_attn import VanAttn
 from .neighborhood_attn import NeighborhoodAttn2d
 from .rel_pos_attn import GlobalRelPosAttn2d
 from .routing_attn import BiLevelRoutingAttn, GlobalAttnLePE
+from .window_attn import SwinWindowAttn
 
 __all__ = ["TOKEN_MIXERS", "create_token_mixer"]
 
@@ -30,6 +31,7 @@ TOKEN_MIXERS: dict[str, Callable[..., nn.Module] | None] = {
     "global_lepe": GlobalAttnLePE,  # global attention with LePE (BiFormer's last stage)
     "lka": VanAttn,  # large-kernel attention with VAN's projections and inner shortcut
     "hilo": HiLoAttn,  # HiLo: s x s window heads + average-pooled global heads (LITv2)
+    "swin": SwinWindowAttn,  # Swin (shifted) window attention with its bias table (FLatten / Agent Swin)
 }
 
 _RUNTIME_DEFAULTS = {"attn_drop": 0.0, "proj_drop": 0.0, "backend": None}

@@ -15,7 +15,8 @@ from timm.layers import register_notrace_module
 
 from ..ops.partition import pad_to_multiple
 
-__all__ = ["BatchNormNhwc", "NhwcSequential", "NhwcStem", "ConvTokenizer", "ConvDownsample", "LayerNorm"]
+__all__ = ["BatchNormNhwc", "NhwcSequential", "NhwcStem", "ConvTokenizer", "ConvDownsample", "ConvLN", "LayerNorm",
+           "UnappliedLayerNorm"]
 
 #: LayerNorm with the eps of the NAT family's official code (1e-5)
 LayerNorm = partial(nn.LayerNorm, eps=1e-5)
@@ -80,3 +81,44 @@ class ConvDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+@register_notrace_module  # a leaf for timm's FX feature extraction: the padding is shape-dependent Python
+class ConvLN(nn.Module):
+    """PVT's patch embeddings: a ``k x k`` stride-``s`` conv (``proj``) then LayerNorm (``norm``, eps 1e-5).
+
+    ``image=True``: NCHW image in (the stem); else ``[B, H, W, C]`` in (a downsampler). Out
+    ``[B, H', W', C']``. The input is zero-padded at the bottom/right to a multiple of ``pad_multiple``
+    first (PVT v1's non-overlapping 2x2 patches on odd maps; the official layer drops the remainder).
+    PVT v1: ``k = s`` (patch conv); PVTv2 ``OverlapPatchEmbed``: 7x7 s4 padding 3, 3x3 s2 padding 1.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int = 0,
+                 image: bool = False, pad_multiple: int = 1, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.image, self.pad_multiple = image, pad_multiple
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, **dd)
+        self.norm = LayerNorm(out_chs, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if self.image else x.permute(0, 3, 1, 2)
+        return self.norm(self.proj(_pad_to(x, self.pad_multiple)).permute(0, 2, 3, 1))
+
+
+class UnappliedLayerNorm(nn.LayerNorm):
+    """A LayerNorm whose parameters exist but which ``forward`` does not apply (identity).
+
+    FLatten-PVT v1's official model owns a final ``norm`` that its ``forward_features`` never calls
+    (commented out upstream); its checkpoints and parameter counts include it, so it is kept as state
+    and the computation stays the official one. Its parameters are frozen (``requires_grad=False``):
+    they never get a gradient, so optimizers skip them and DDP needs no ``find_unused_parameters``
+    (which the official PVT models require).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

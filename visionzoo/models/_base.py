@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import get_device_dtype
+from timm.layers import get_device_dtype, register_notrace_function, resample_abs_pos_embed
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
@@ -164,19 +164,52 @@ class Backbone(nn.Module):
         return take_indices
 
 
+@torch.fx.wrap
+@register_notrace_function  # shape-dependent Python: a leaf for FX
+def add_abs_pos_embed(x: torch.Tensor, pos_embed: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` ``[B, H, W, C]`` plus ``pos_embed`` ``[1, h * w, C]`` (for ``size = (h, w)``), bilinearly
+    resampled to ``H x W`` when the sizes differ (``align_corners=False``, no antialiasing)."""
+    B, H, W, C = x.shape
+    pos = resample_abs_pos_embed(pos_embed, [H, W], list(size), num_prefix_tokens=0, interpolation="bilinear",
+                                 antialias=False)
+    return x + pos.reshape(1, H, W, C)
+
+
 class Stage(nn.Module):
     """One feature level: ``downsample`` (``Identity`` where the stage keeps the resolution or its
     first block strides), ``blocks`` (an ``nn.Sequential``, checkpointed block by block), then
-    ``norm`` closing the stage (PVTv2 / VAN; ``Identity`` without state when none is given)."""
+    ``norm`` closing the stage (PVTv2 / VAN; ``Identity`` without state when none is given).
 
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None):
+    ``pos_embed_size=(h, w)`` adds PVT v1's absolute position embedding after the downsample: a
+    parameter ``pos_embed`` ``[1, h * w, C]`` (the official shape) for the map the model was built
+    for, bilinearly resampled (``align_corners=False``, no antialiasing: the official
+    ``_get_pos_embed``) to other maps, then dropout ``pos_drop``. ``[B, H, W, C]`` maps only.
+    """
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None,
+                 pos_embed_size: tuple[int, int] | None = None, pos_drop: float = 0.0, width: int | None = None,
+                 device=None, dtype=None):
         super().__init__()
         self.downsample = downsample
+        self.pos_embed_size = None if pos_embed_size is None else tuple(pos_embed_size)
+        if self.pos_embed_size is None:
+            self.register_parameter("pos_embed", None)
+        else:
+            if width is None or len(self.pos_embed_size) != 2 or min(self.pos_embed_size) < 1:
+                raise ValueError(f"Stage: pos_embed_size must be a pair of positive ints and width given, got "
+                                 f"pos_embed_size={pos_embed_size!r}, width={width!r}")
+            h, w = self.pos_embed_size
+            self.pos_embed = nn.Parameter(torch.zeros(1, h * w, width, device=device, dtype=dtype))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.pos_drop = nn.Dropout(pos_drop) if pos_drop > 0 else nn.Identity()
         self.blocks = nn.Sequential(*blocks)
         self.norm = nn.Identity() if norm is None else norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.blocks(self.downsample(x)))
+        x = self.downsample(x)
+        if self.pos_embed is not None:
+            x = self.pos_drop(add_abs_pos_embed(x, self.pos_embed, self.pos_embed_size))
+        return self.norm(self.blocks(x))
 
 
 def drop_path_rates(rate: float, depths: Iterable[int]) -> list[list[float]]:

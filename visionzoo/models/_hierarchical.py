@@ -32,7 +32,8 @@ from timm.models.swin_transformer import PatchMerging
 from ..blocks._create import TOKEN_MIXERS, create_token_mixer
 from ..blocks.deform_conv import DeformConv2dPack
 from ..blocks.mlp import MLP_LAYERS, get_mlp_layer
-from ..blocks.nhwc import BatchNormNhwc, ConvDownsample, ConvTokenizer, LayerNorm, NhwcSequential, NhwcStem
+from ..blocks.nhwc import (BatchNormNhwc, ConvDownsample, ConvLN, ConvTokenizer, LayerNorm, NhwcSequential, NhwcStem,
+                           UnappliedLayerNorm)
 from ..blocks.transformer_block import TransformerBlock
 from ._base import Backbone, Stage, drop_path_rates, init_linear_trunc_normal
 
@@ -78,6 +79,8 @@ STEMS: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
     "conv_bn": (_conv_bn_stem, 4),
     "patch_bn": (_patch_bn_stem, None),
     "overlap_bn": (_overlap_bn_stem, 4),
+    # PVTv2 OverlapPatchEmbed: 7x7 s4 conv (padding 3) -> LayerNorm (keys ``proj``, ``norm``)
+    "overlap_ln": (lambda i, o, cfg, dd: ConvLN(i, o, 7, 4, 3, image=True, **dd), 4),
 }
 
 #: kind -> constructor ``(in_chs, out_chs, dd)`` of a stride-2 downsampler; 'none' keeps the resolution
@@ -88,6 +91,9 @@ DOWNSAMPLES: dict[str, Callable[..., nn.Module] | None] = {
     "conv_bn": lambda i, o, dd: NhwcSequential(nn.Conv2d(i, o, 3, 2, 1, **dd), nn.BatchNorm2d(o, **dd)),
     "bn_patch": lambda i, o, dd: NhwcSequential(nn.BatchNorm2d(i, **dd), nn.Conv2d(i, o, 2, 2, **dd), pad_multiple=2),
     "dtm": _dtm,  # LITv2 deformable token merging
+    # PVT v1 PatchEmbed: 2x2 s2 patch conv (odd maps zero-padded) -> LayerNorm (keys ``proj``, ``norm``)
+    "patch_ln": lambda i, o, dd: ConvLN(i, o, 2, 2, pad_multiple=2, **dd),
+    "overlap_ln": lambda i, o, dd: ConvLN(i, o, 3, 2, 1, **dd),  # PVTv2 OverlapPatchEmbed(3x3, s2, padding 1)
     "none": None,  # isotropic
 }
 
@@ -99,6 +105,7 @@ FINAL_NORMS: dict[str, Callable[..., nn.Module]] = {
     "layernorm": LayerNorm,  # eps 1e-5
     "batchnorm": BatchNormNhwc,
     "none": lambda c, **dd: nn.Identity(),  # VAN: the last stage closes with its own norm
+    "layernorm_unapplied": UnappliedLayerNorm,  # FLatten-PVT v1: a norm the official forward never applies
 }
 
 
@@ -172,15 +179,37 @@ class BlockCfg:
 
 @dataclass(frozen=True)
 class StageCfg:
+    """One stage. ``mixer``: one :class:`MixerCfg` for every block, or a tuple of ``depth`` of them, one
+    per block (Agent-Swin's ``'M<k>'`` stages: k agent blocks, then Swin blocks). ``pos_embed``: the
+    build-time map ``(h, w)`` of a PVT v1 absolute position embedding added after the downsample
+    (:class:`~visionzoo.models._base.Stage`), ``None``: none."""
     depth: int
     width: int
     num_heads: int
-    mixer: MixerCfg = MixerCfg()
+    mixer: MixerCfg | tuple[MixerCfg, ...] = MixerCfg()
     block: BlockCfg = BlockCfg()
+    pos_embed: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.depth < 1 or self.width < 1 or self.num_heads < 1:
             raise ValueError(f"StageCfg: depth, width and num_heads must be positive, got {self}")
+        if isinstance(self.mixer, (tuple, list)):
+            object.__setattr__(self, "mixer", tuple(self.mixer))
+            if len(self.mixer) != self.depth or not all(isinstance(m, MixerCfg) for m in self.mixer):
+                raise ValueError(f"StageCfg.mixer: a tuple needs one MixerCfg per block ({self.depth}), got "
+                                 f"{self.mixer}")
+        elif not isinstance(self.mixer, MixerCfg):
+            raise TypeError(f"StageCfg.mixer must be a MixerCfg or a tuple of them, got {type(self.mixer).__name__}")
+        if self.pos_embed is not None:
+            pe = tuple(self.pos_embed)
+            if len(pe) != 2 or not all(isinstance(n, int) and n >= 1 for n in pe):
+                raise ValueError(f"StageCfg.pos_embed must be None or a pair of positive ints, got {self.pos_embed!r}")
+            object.__setattr__(self, "pos_embed", pe)
+
+    def block_mixer(self, block: int) -> tuple[str, dict[str, Any]]:
+        """Token-mixer kind and constructor options of block ``block``."""
+        mixer = self.mixer[block] if isinstance(self.mixer, tuple) else self.mixer
+        return mixer.kind, mixer.block_options(block)
 
 
 @dataclass(frozen=True)
@@ -251,16 +280,18 @@ class HierarchicalNet(Backbone):
             else:
                 downsample = down(widths[i - 1], stage.width, dd)
             blk = stage.block
+            mixers = [stage.block_mixer(j) for j in range(stage.depth)]  # (kind, options) per block
             blocks = [TransformerBlock(
                 stage.width,
-                create_token_mixer(stage.mixer.kind, stage.width, stage.num_heads, attn_drop=attn_drop_rate,
-                                   proj_drop=proj_drop_rate, backend=backend, **stage.mixer.block_options(j), **dd),
+                create_token_mixer(mixers[j][0], stage.width, stage.num_heads, attn_drop=attn_drop_rate,
+                                   proj_drop=proj_drop_rate, backend=backend, **mixers[j][1], **dd),
                 mlp_ratio=blk.mlp_ratio, proj_drop=proj_drop_rate, drop_path=dpr[j], layer_scale=blk.layer_scale,
                 norm_layer=partial(NORMS[blk.norm], eps=blk.norm_eps), mlp_layer=get_mlp_layer(blk.mlp_layer),
                 pos_kernel=blk.pos_kernel, **dd) for j in range(stage.depth)]
             norm = None if arch.stage_norm is None else NORMS[arch.stage_norm](stage.width, eps=arch.stage_norm_eps,
                                                                                **dd)
-            stages.append(Stage(downsample, blocks, norm))
+            stages.append(Stage(downsample, blocks, norm, pos_embed_size=stage.pos_embed, pos_drop=proj_drop_rate,
+                                width=stage.width, **dd))
         self.stages = nn.Sequential(*stages)
         self.norm = FINAL_NORMS[arch.final_norm](widths[-1], **dd)
         self.head = ClassifierHead(widths[-1], num_classes, global_pool, drop_rate, **dd)
