@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.visionzoo-installed
 
-.PHONY: demo test test-extended hub-configs
+.PHONY: demo test test-extended hub-configs gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP)
 
 test-extended: $(STAMP)
 	VISIONZOO_EXTENDED_TESTS=1 $(PY) -m pytest -n 2 tests
+
+# Every Triton kernel against its reference on the GPU (fp32/fp16/bf16, forward and backward), timed against
+# dense SDPA and the plain formulation, plus whole-model img/s; without CUDA: the interpreter checks only.
+GPU_CHECK_OUT ?= benchmarks/results
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 hub-configs: $(STAMP)
 	$(PY) -m visionzoo.hub export hub_configs/
