@@ -1,0 +1,179 @@
+"""CPU path of focused linear attention: few passes over the token maps, GEMM-shaped heads, a
+hand-derived backward that saves two fp32 maps per side.
+
+Forward (``y = (ReLU(x) + 1e-6) / softplus(scale)``, ``r = ||y||``, ``u = y / r``, ``t = u^p``,
+``T = ||t||``; then ``phi = (r / T) t``):
+
+* ``y`` is one ``addcmul`` and one in-place ``clamp_min`` (``(x + 1e-6) * inv_s`` clamped below at
+  ``1e-6 * inv_s`` is ``(ReLU(x) + 1e-6) * inv_s``, as ``inv_s > 0``), ``u`` and ``t`` two more passes:
+  the official code makes ~8 passes per side (ReLU, +, /, norm, pow, norm, /, *).
+* ``u <= 1``, so ``u^p`` cannot overflow; ``phi`` is never formed. Keys: ``phi_k = c_k t_k`` with
+  ``c_k = r_k / T_k``, so one GEMM per head ``t_k^T [c_k v | c_k] / n`` gives ``K^T V`` and the key
+  mean together (``KVb``, ``[d, dv + 1]``, fp32). Queries: the output is invariant to the scale of
+  ``phi(q_i)`` except through eps, so ``t_q @ KVb`` gives numerator and denominator in one GEMM and
+  ``out = num / (den + eps T_q / r_q)``.
+* Heads are strided column blocks of the ``[B, L, C]`` maps: a loop of ``bmm`` over heads reads them in
+  place (no ``[B, heads, L, d]`` copies).
+
+Backward (``D = [dout | -(out . dout)]`` per head, ``den = c_q (t_q . kbar) + eps``): ``dphi_q = (D / den)
+KVb^T``, ``dKVb = phi_q^T (D / den)``, ``dphi_k = [v | 1] dKVb^T / n``, ``dv = phi_k dKV / n``, and through
+the feature map, with ``a = g . t / T``::
+
+    dL/dy = (p / T) (t / u) (g - (a / T) t) + a u,   dx = dL/dy inv_s [x > 0],
+    dscale = -sigmoid(scale) inv_s sum_tokens dL/dy r u
+
+Saved for backward: ``u`` and ``t`` of each side (fp32), per-token norms, ``KVb``, the output and the
+per-head denominators; the inputs (``k + pos`` is recomputed for the ReLU mask).
+
+Under ``torch.compile`` / export / tracing / scripting the reference runs (plain autograd on ATen ops).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import FEATURE_EPS
+from .reference import linear_attn_reference
+
+__all__ = ["linear_attn_cpu"]
+
+
+def _inv_scale(scale, C, dt, device):
+    """``1 / softplus(scale)`` as ``[C]`` in ``dt`` (ones without a scale)."""
+    if scale is None:
+        return torch.ones(C, dtype=dt, device=device)
+    return 1.0 / F.softplus(scale.to(dt))
+
+
+def _features(x, inv_s, p, keep_u):
+    """``x [B, L, C]`` -> ``(u, t, r, T)``: ``u = y / ||y||`` (None unless ``keep_u``), ``t = u^p``,
+    norms ``r, T`` as ``[B, L, 1]``."""
+    y = torch.addcmul(inv_s * FEATURE_EPS, x, inv_s)
+    y.clamp_min_(inv_s * FEATURE_EPS)
+    r = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    u = y.div_(r)
+    t = u.pow(p) if keep_u else u.pow_(p)
+    return (u if keep_u else None), t, r, torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+
+
+def _features_backward(g, x, u, t, r, T, p):
+    """``g = dL/dphi`` -> ``(e, w)``: ``e = dL/dy`` masked by ``x > 0`` (``dL/dx / inv_s``) and
+    ``w = sum_tokens dL/dy * y`` (the scale gradient's sum). ``g`` is overwritten."""
+    a = (g * t).sum(-1, keepdim=True).div_(T)
+    e = g.addcmul_(t, a / T, value=-1).mul_(t).div_(u).mul_(p / T).addcmul_(u, a)
+    w = (e * u).mul_(r).sum((0, 1))
+    return e.masked_fill_(x <= 0, 0.0), w
+
+
+def _head_views(t, heads):
+    """``[B, L, heads * d]`` -> list of ``[B, L, d]`` strided views."""
+    return t.unflatten(-1, (heads, -1)).unbind(-2)
+
+
+def _forward(q, k, v, heads, p, inv_s, pos, eps, keep):
+    dt = inv_s.dtype
+    B, N, C = q.shape
+    n, Cv = v.shape[1], v.shape[2]
+    dv = Cv // heads
+    kp = k if pos is None else k + pos
+    if p is None:
+        uk, tk, ck = None, kp.to(dt), torch.ones(B, n, 1, dtype=dt, device=k.device)
+        rk = Tk = None
+    else:
+        uk, tk, rk, Tk = _features(kp, inv_s, p, keep)
+        ck = rk / Tk
+    del kp
+    vc = torch.empty(B, n, heads, dv + 1, dtype=dt, device=v.device)
+    torch.mul(v.unflatten(-1, (heads, dv)), ck.unsqueeze(-1), out=vc[..., :dv])
+    vc[..., dv] = ck
+    kvb = torch.stack([torch.bmm(tkh.transpose(1, 2), vc[:, :, i]) for i, tkh in enumerate(_head_views(tk, heads))],
+                      1).div_(n)  # [B, heads, d, dv + 1]
+    del vc
+    if p is None:
+        uq, tq, rq, Tq = None, q.to(dt), None, None
+        eps_q = torch.full((B, N, 1), eps, dtype=dt, device=q.device)
+    else:
+        uq, tq, rq, Tq = _features(q, inv_s, p, keep)
+        eps_q = Tq / rq * eps
+    out = torch.empty(B, N, heads, dv, dtype=dt, device=q.device)
+    den = torch.empty(B, N, heads, dtype=dt, device=q.device)
+    for i, tqh in enumerate(_head_views(tq, heads)):
+        nd = torch.bmm(tqh, kvb[:, i])
+        torch.add(nd[..., dv], eps_q[..., 0], out=den[..., i])
+        torch.div(nd[..., :dv], den[..., i, None], out=out[:, :, i])
+    out = out.view(B, N, Cv)
+    if not keep:
+        return out.to(v.dtype), None
+    return out.to(v.dtype), (uq, tq, rq, Tq, uk, tk, rk, Tk, ck, kvb, out, den)
+
+
+def _cat_heads(parts):
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def _backward(dout, q, k, v, heads, p, inv_s, pos, saved):
+    uq, tq, rq, Tq, uk, tk, rk, Tk, ck, kvb, out, den = saved
+    dt = inv_s.dtype
+    B, N, C = q.shape
+    n, Cv = v.shape[1], v.shape[2]
+    dv = Cv // heads
+    dout = dout.to(dt).view(B, N, heads, dv)
+    # dd = D / den' (den' = den / c_q, the t-scaled denominator the forward kept)
+    dd = torch.empty(B, N, heads, dv + 1, dtype=dt, device=q.device)
+    torch.div(dout, den.unsqueeze(-1), out=dd[..., :dv])
+    dd[..., dv] = (out.view(B, N, heads, dv) * dout).sum(-1).div_(den).neg_()
+    vc = torch.cat([v.unflatten(-1, (heads, dv)).to(dt), torch.ones(B, n, heads, 1, dtype=dt, device=v.device)], -1)
+    gq, gk, dvv = [], [], []
+    for i, (tqh, tkh) in enumerate(zip(_head_views(tq, heads), _head_views(tk, heads))):
+        gq.append(torch.bmm(dd[:, :, i], kvb[:, i].transpose(1, 2)))  # c_q dL/dphi_q
+        dkvb = torch.bmm(tqh.transpose(1, 2), dd[:, :, i]).div_(n)  # dL/dKVb / n, [B, d, dv + 1]
+        gk.append(torch.bmm(vc[:, :, i], dkvb.transpose(1, 2)))  # dL/dphi_k
+        dvv.append(torch.bmm(tkh, dkvb[..., :dv]))
+    gq, gk, dvv = _cat_heads(gq), _cat_heads(gk), _cat_heads(dvv).mul_(ck)
+    if p is None:
+        return gq, gk, dvv, None, None if pos is None else _reduce_like(gk, pos)
+    kp = k if pos is None else k + pos
+    eq, wq = _features_backward(gq.mul_(Tq / rq), q, uq, tq, rq, Tq, p)
+    ek, wk = _features_backward(gk, kp, uk, tk, rk, Tk, p)
+    dk = ek.mul_(inv_s)
+    return eq.mul_(inv_s), dk, dvv, -(wq + wk) * inv_s, None if pos is None else _reduce_like(dk, pos)
+
+
+def _reduce_like(g, t):
+    return g.sum(0, keepdim=True) if t.shape[0] == 1 and g.shape[0] > 1 else g
+
+
+class _LinearAttn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, pos, heads, p, eps):
+        dt = torch.promote_types(q.dtype, torch.float32)
+        inv_s = _inv_scale(scale, q.shape[-1], dt, q.device)
+        out, saved = _forward(q, k, v, heads, p, inv_s, pos, eps, keep=True)
+        ctx.save_for_backward(q, k, v, scale, pos, inv_s, *saved[:-1], saved[-1])
+        ctx.heads, ctx.p = heads, p
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, scale, pos, inv_s, *saved = ctx.saved_tensors
+        dq, dk, dv, dscale, dpos = _backward(dout, q, k, v, ctx.heads, ctx.p, inv_s, pos, saved)
+        if dscale is not None and scale is not None:
+            dscale = (dscale * torch.sigmoid(scale.to(dscale.dtype))).to(scale.dtype)
+        else:
+            dscale = None
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dscale,
+                None if dpos is None else dpos.to(pos.dtype), None, None, None)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def linear_attn_cpu(q, k, v, num_heads: int, p: float | None, scale, pos, eps: float) -> torch.Tensor:
+    """``q [B, N, C]``, ``k [B, n, C]``, ``v [B, n, Cv]`` -> ``[B, N, Cv]`` (see :mod:`.reference`)."""
+    if _tracing():
+        return linear_attn_reference(q, k, v, num_heads, p, scale, pos, eps)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, scale, pos)):
+        return _LinearAttn.apply(q, k, v, scale, pos, num_heads, p, eps)
+    dt = torch.promote_types(q.dtype, torch.float32)
+    return _forward(q, k, v, num_heads, p, _inv_scale(scale, q.shape[-1], dt, q.device), pos, eps, keep=False)[0]
