@@ -47,7 +47,7 @@ def _runnable(backend):
         pytest.skip(f"backend {backend!r} cannot run here: {why}")
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 @pytest.mark.parametrize("size,agents,heads", [((6, 6), 9, 2), ((7, 7), 49, 1), ((8, 8), 4, 4)])
 def test_matches_official_forward(backend, size, agents, heads):
     _runnable(backend)

@@ -33,19 +33,28 @@ def _rows(t):
 
 
 def _bias(t):
-    """``(tensor or None, batch stride, head stride)`` of a ``[1|B, h, r, c]`` bias (rows contiguous)."""
+    """``(tensor or None, batch stride, head stride)`` of a ``[h, r, c]`` or ``[1|B, h, r, c]`` bias as a
+    4-D tensor with contiguous rows."""
     if t is None:
         return None, 0, 0
+    t = t if t.dim() == 4 else t.unsqueeze(0)
     t = t if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] else t.contiguous()
     return t, (0 if t.shape[0] == 1 else t.stride(0)), t.stride(1)
 
 
 def _plan(q, v, agents):
+    """Compile-time constants and the tile rows (keys per stage-1 step, queries per stage-2 program).
+    Sized so that the sm_90a builds do not spill (``test_builds_for_sm90``): the stage-2 backward holds
+    ``P``, ``dP`` and ``dS`` (``rows x NA`` each) with the q/dO tiles, so 64 agents take half the rows
+    (a quarter in fp32, whose tf32x3 dots hold split operands) and fp32 or wide heads take 8 warps."""
     n, D, Dv = agents.shape[2], q.shape[-1], v.shape[-1]
-    block = INTERPRETER_BLOCK if os.environ.get("TRITON_INTERPRET", "0") == "1" else BLOCK
+    na = max(16, _pow2(n))
     load = max(D, Dv) * (2 if q.dtype == torch.float32 else 1)
-    return dict(NA=max(16, _pow2(n)), BD=max(16, _pow2(D)), BDV=max(16, _pow2(Dv)),
-                PRECISION=_precision(q.dtype), num_warps=4 if load <= 64 else 8), block
+    block = BLOCK if na <= 32 else BLOCK // 2 if q.dtype != torch.float32 else BLOCK // 4
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        block = INTERPRETER_BLOCK
+    return dict(NA=na, BD=max(16, _pow2(D)), BDV=max(16, _pow2(Dv)), PRECISION=_precision(q.dtype),
+                num_warps=4 if load <= 64 and na <= 32 else 8), block
 
 
 def _splits(k, bh, block):
@@ -75,7 +84,7 @@ def agent_attn_forward(q, k, v, agents, bias_kv, bias_q, scale):
     agent_v = _empty((B, heads, n, Dv), torch.float32, q.device)
     lse = _empty((B, heads, n), torch.float32, q.device)
     _k._stage1_combine_kernel[(B * heads,)](pm, pl, pacc, agent_v, lse, splits, n, Dv, NA=consts["NA"],
-                                            BDV=consts["BDV"])
+                                            BDV=consts["BDV"], num_warps=4)
     out = _empty((B, heads, N, Dv), q.dtype, q.device)
     _k._stage2_fwd_kernel[(B * heads, -(-N // block))](
         agents, q, q if bq is None else bq, agent_v, out, N, n, heads, qk_scale, *q.stride()[:3], s_qb, s_qh,
@@ -97,8 +106,8 @@ def agent_attn_backward(dout, q, k, v, agents, bias_kv, bias_q, out, agent_v, ls
     dv = _empty(v.shape, v.dtype, v.device)
     da = torch.zeros(agents.shape, **f32)
     dva = torch.zeros(agent_v.shape, **f32)
-    dbq = torch.zeros(bias_q.shape if bq is not None else (0,), **f32)
-    dbkv = torch.zeros(bias_kv.shape if bkv is not None else (0,), **f32)
+    dbq = torch.zeros(bq.shape if bq is not None else (0,), **f32)
+    dbkv = torch.zeros(bkv.shape if bkv is not None else (0,), **f32)
     qk_scale = scale * _LOG2E
     _k._stage2_bwd_kernel[(B * heads, -(-N // block))](
         agents, q, q if bq is None else bq, agent_v, out, dout, dq, dbq if bq is not None else dq, da, dva,
@@ -112,7 +121,7 @@ def agent_attn_backward(dout, q, k, v, agents, bias_kv, bias_q, out, agent_v, ls
         HAS_BIAS=bkv is not None, BM=block, **consts)
 
     def bias_grad(g, t):
-        return torch.empty(0, **f32) if t is None else g.to(t.dtype)
+        return torch.empty(0, **f32) if t is None else g.view(t.shape).to(t.dtype)
     return dq, dk, dv, da.to(agents.dtype), bias_grad(dbkv, bias_kv), bias_grad(dbq, bias_q)
 
 
