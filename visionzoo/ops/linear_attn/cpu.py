@@ -1,13 +1,14 @@
 """CPU path of focused linear attention: few passes over the token maps, GEMM-shaped heads, a
 hand-derived backward that saves two fp32 maps per side.
 
-Forward (``y = (ReLU(x) + 1e-6) / softplus(scale)``, ``r = ||y||``, ``u = y / r``, ``t = u^p``,
-``T = ||t||``; then ``phi = (r / T) t``):
+Forward (``y = (ReLU(x) + 1e-6) / softplus(scale)``, ``r = ||y||``, ``u = L y / r``, ``t = u^p``,
+``T = ||t||``; then ``phi = (r / T) t``; the constant ``L`` (:func:`_level`) keeps ``t`` out of the
+subnormal range):
 
 * ``y`` is one ``addcmul`` and one in-place ``clamp_min`` (``(x + 1e-6) * inv_s`` clamped below at
   ``1e-6 * inv_s`` is ``(ReLU(x) + 1e-6) * inv_s``, as ``inv_s > 0``), ``u`` and ``t`` two more passes:
   the official code makes ~8 passes per side (ReLU, +, /, norm, pow, norm, /, *).
-* ``u <= 1``, so ``u^p`` cannot overflow; ``phi`` is never formed. Keys: ``phi_k = c_k t_k`` with
+* ``u <= L``, so ``u^p <= 1e15`` cannot overflow; ``phi`` is never formed. Keys: ``phi_k = c_k t_k`` with
   ``c_k = r_k / T_k``, so one GEMM per head ``t_k^T [c_k v | c_k] / n`` gives ``K^T V`` and the key
   mean together (``KVb``, ``[d, dv + 1]``, fp32). Queries: the output is invariant to the scale of
   ``phi(q_i)`` except through eps, so ``t_q @ KVb`` gives numerator and denominator in one GEMM and
@@ -19,8 +20,8 @@ Backward (``D = [dout | -(out . dout)]`` per head, ``den = c_q (t_q . kbar) + ep
 KVb^T``, ``dKVb = phi_q^T (D / den)``, ``dphi_k = [v | 1] dKVb^T / n``, ``dv = phi_k dKV / n``, and through
 the feature map, with ``a = g . t / T``::
 
-    dL/dy = (p / T) (t / u) (g - (a / T) t) + a u,   dx = dL/dy inv_s [x > 0],
-    dscale = -sigmoid(scale) inv_s sum_tokens dL/dy r u
+    dL/dy = L (p / T) (t / u) (g - (a / T) t) + a u / L,   dx = dL/dy inv_s [x > 0],
+    dscale = -sigmoid(scale) inv_s sum_tokens dL/dy r u / L
 
 Saved for backward: ``u`` and ``t`` of each side (fp32), per-token norms, ``KVb``, the output and the
 per-head denominators; the inputs (``k + pos`` is recomputed for the ReLU mask).
@@ -45,23 +46,32 @@ def _inv_scale(scale, C, dt, device):
     return 1.0 / F.softplus(scale.to(dt))
 
 
+def _level(p: float) -> float:
+    """``L``: ``u = L y / ||y||`` puts the largest power ``t = u^p`` near ``1e15``. The ReLU'd channels sit
+    ~1e-6 below the active ones, so with ``L = 1`` their powers' squares (in ``||t||`` and the GEMMs'
+    products) fall into fp32's subnormal range, which the CPU handles ~10x slower; ``1e15`` keeps them
+    normal for ``p <= 6`` while ``C * t^2`` stays far below fp32's maximum."""
+    return min(1e15 ** (1.0 / p), 1e20)
+
+
 def _features(x, inv_s, p, keep_u):
-    """``x [B, L, C]`` -> ``(u, t, r, T)``: ``u = y / ||y||`` (None unless ``keep_u``), ``t = u^p``,
-    norms ``r, T`` as ``[B, L, 1]``."""
+    """``x [B, L, C]`` -> ``(u, t, r, T)``: ``u = L y / ||y||`` (None unless ``keep_u``), ``t = u^p``,
+    norms ``r = ||y||, T = ||t||`` as ``[B, L, 1]``; ``phi = r t / T``."""
     y = torch.addcmul(inv_s * FEATURE_EPS, x, inv_s)
     y.clamp_min_(inv_s * FEATURE_EPS)
     r = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-    u = y.div_(r)
+    u = y.mul_(_level(p) / r)
     t = u.pow(p) if keep_u else u.pow_(p)
     return (u if keep_u else None), t, r, torch.linalg.vector_norm(t, dim=-1, keepdim=True)
 
 
 def _features_backward(g, x, u, t, r, T, p):
-    """``g = dL/dphi`` -> ``(e, w)``: ``e = dL/dy`` masked by ``x > 0`` (``dL/dx / inv_s``) and
-    ``w = sum_tokens dL/dy * y`` (the scale gradient's sum). ``g`` is overwritten."""
+    """``g = dL/dphi`` -> ``(dL/dy masked by x > 0, sum_tokens dL/dy * y)`` (``dL/dx = dL/dy inv_s``;
+    the second is the scale gradient's sum). ``g`` is overwritten."""
+    level = _level(p)
     a = (g * t).sum(-1, keepdim=True).div_(T)
-    e = g.addcmul_(t, a / T, value=-1).mul_(t).div_(u).mul_(p / T).addcmul_(u, a)
-    w = (e * u).mul_(r).sum((0, 1))
+    e = g.addcmul_(t, a / T, value=-1).mul_(t).div_(u).mul_(p * level / T).addcmul_(u, a / level)
+    w = (e * u).mul_(r).sum((0, 1)).div_(level)
     return e.masked_fill_(x <= 0, 0.0), w
 
 
