@@ -89,6 +89,9 @@ def check_case(case, device, dtype) -> str | None:
             continue
         atol, rtol = TOLERANCES[dtype]["out" if name == "out" else "grad"]
         got, want = got.double(), want.to(got.device)
+        if name != "out" and int(name[5:-1]) in case.params:
+            # a parameter's gradient sums over every token: its rounding error scales with the largest entry
+            atol = atol * max(1.0, float(want.abs().max()))
         if not torch.isfinite(got).all():
             problems.append(f"{name}: non-finite values")
             continue
@@ -333,10 +336,14 @@ def main(argv=None) -> int:
     if not cuda:
         log("No CUDA device: correctness on the Triton interpreter only; no speed will be measured.")
 
-    correctness = run_correctness(ops, device, dtypes, smoke, args.case_budget_s, deadline, log)
-    speed = run_speed(ops, device, args.case_budget_s, deadline, log) if cuda and not (args.no_speed or smoke) else []
+    # the run budget is shared out by phase, so a slow phase (Triton compilation) cannot starve the others
+    do_speed, do_models = cuda and not (args.no_speed or smoke), cuda and not (args.no_models or smoke)
+    share = 0.5 if do_speed or do_models else 1.0
+    correctness = run_correctness(ops, device, dtypes, smoke, args.case_budget_s, start + share * args.budget_s, log)
+    speed = run_speed(ops, device, args.case_budget_s, start + (0.8 if do_models else 1.0) * args.budget_s,
+                      log) if do_speed else []
     models = []
-    if cuda and not (args.no_models or smoke):
+    if do_models:
         models = run_models(gpu_cases.MODEL_PAIRS, device, args.case_budget_s * 2, deadline, not args.no_compile, log)
     wall = time.monotonic() - start
 

@@ -13,10 +13,9 @@ kernel header), so autograd saves only the inputs.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ... import _env
 from .._triton import _empty, _pow2
 from . import triton_kernels as _k
 
@@ -45,7 +44,7 @@ def _plan(x, pad_b, kernel="fused"):
     tile = min(32, max(4, _pow2(max(H, W))))
     rows = tile + 2 * pad_b
     rc = _pow2(rows)
-    chunk = INTERPRETER_CHUNK if os.environ.get("TRITON_INTERPRET", "0") == "1" else CHUNK
+    chunk = INTERPRETER_CHUNK if _env.triton_interpret() else CHUNK
     rr = max(1, chunk // (rc * BC))  # region rows per chunk of a held in registers
     ncb = -(-C // BC)
     tiles_h, tiles_w = -(-H // tile), -(-W // tile)
