@@ -51,13 +51,19 @@ def _stats(x, pos, inv_s, p):
     spb = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
     _k._la_stats_kernel[(-(-L // bt), B)](
         x, x if pos is None else pos, inv_s, stats, L, C, x.stride(0), x.stride(1), spb,
-        0 if pos is None else pos.stride(1), p, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C))
+        0 if pos is None else pos.stride(1), p, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C), num_warps=4)
     return stats
 
 
-def _geometry(q, v, heads):
+#: warps per kernel: the backward tile kernels hold the [d, dv] block, a gradient accumulator and four
+#: token x channel tiles at once (64 x 64 fp32 each): 8 warps keep them in registers on sm_90a (4 spilled
+#: 472 B in the dq kernel); see tests/ops/test_linear_attn_triton.py::test_builds_for_sm90
+WARPS = {"kv": 4, "out": 4, "dq": 8, "dk": 8}
+
+
+def _geometry(q, v, heads, kernel):
     d, dv = q.shape[-1] // heads, v.shape[-1] // heads
-    return d, dv, dict(BLOCK_D=max(16, _pow2(d)), BLOCK_DV=max(16, _pow2(dv)), num_warps=4)
+    return d, dv, dict(BLOCK_D=max(16, _pow2(d)), BLOCK_DV=max(16, _pow2(dv)), num_warps=WARPS[kernel])
 
 
 def linear_attn_forward(q, k, v, inv_s, pos, heads: int, p: float, eps: float):
@@ -66,7 +72,7 @@ def linear_attn_forward(q, k, v, inv_s, pos, heads: int, p: float, eps: float):
     B, N, C = q.shape
     n = k.shape[1]
     focus = p > 0
-    d, dv, blocks = _geometry(q, v, heads)
+    d, dv, blocks = _geometry(q, v, heads, "kv")
     prec = _precision(q.dtype)
     bl = _block()
     if focus:
@@ -84,7 +90,7 @@ def linear_attn_forward(q, k, v, inv_s, pos, heads: int, p: float, eps: float):
     out = _empty((B, N, heads * dv), v.dtype, q.device)
     _k._la_out_kernel[(-(-N // bl), B * heads)](
         q, inv_s, stats_q, kvb, out, heads, N, d, dv, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        p, eps, FOCUS=focus, PRECISION=prec, BLOCK_M=bl, **blocks)
+        p, eps, FOCUS=focus, PRECISION=prec, BLOCK_M=bl, **_geometry(q, v, heads, "out")[2])
     return out, stats_q, stats_k, kvb
 
 
@@ -94,16 +100,18 @@ def linear_attn_backward(dout, q, k, v, inv_s, pos, stats_q, stats_k, kvb, heads
     B, N, C = q.shape
     n = k.shape[1]
     focus = p > 0
-    d, dv, blocks = _geometry(q, v, heads)
+    d, dv, blocks = _geometry(q, v, heads, "dq")
     prec = _precision(q.dtype)
     bl = _block()
     f32 = dict(dtype=torch.float32, device=q.device)
     gq = _empty((B, N, C), **f32)
-    splits, per = _splits(-(-N // bl), B * heads, q.device)
+    # fp32: tf32x3's operand splits need the registers (tiles of 64 spilled 168 B on sm_90a)
+    bm = max(16, bl // 2) if q.dtype == torch.float32 else bl
+    splits, per = _splits(-(-N // bm), B * heads, q.device)
     part = _empty((B * heads, splits, d, dv + 1), **f32)
     _k._la_dq_kernel[(B * heads, splits)](
         q, dout, inv_s, stats_q, kvb, gq, part, heads, N, d, dv, C, per, q.stride(0), q.stride(1),
-        dout.stride(0), dout.stride(1), p, eps, FOCUS=focus, PRECISION=prec, BLOCK_M=bl, **blocks)
+        dout.stride(0), dout.stride(1), p, eps, FOCUS=focus, PRECISION=prec, BLOCK_M=bm, **blocks)
     dkvb = part.sum(1)
     gk = _empty((B, n, C), **f32)
     dvo = _empty(v.shape, v.dtype, v.device)
@@ -112,7 +120,7 @@ def linear_attn_backward(dout, q, k, v, inv_s, pos, stats_q, stats_k, kvb, heads
     _k._la_dk_kernel[(-(-n // bl), B * heads)](
         k, k if pos is None else pos, v, inv_s, stats_k, dkvb, gk, dvo, heads, n, d, dv, C,
         k.stride(0), k.stride(1), spb, spl, v.stride(0), v.stride(1), dvo.stride(0), dvo.stride(1), p, 1.0 / n,
-        HAS_POS=pos is not None, FOCUS=focus, PRECISION=prec, BLOCK_N=bl, **blocks)
+        HAS_POS=pos is not None, FOCUS=focus, PRECISION=prec, BLOCK_N=bl, **_geometry(q, v, heads, "dk")[2])
     if not focus:
         dq, dk, dinv = gq, gk, torch.zeros(C, **f32)
     else:
@@ -136,7 +144,7 @@ def _feature_backward(x, pos, inv_s, stats, g, p):
     spb = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
     _k._la_feat_bwd_kernel[grid](
         x, x if pos is None else pos, inv_s, stats, g, dx, spart, L, C, x.stride(0), x.stride(1), spb,
-        0 if pos is None else pos.stride(1), p, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C))
+        0 if pos is None else pos.stride(1), p, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C), num_warps=4)
     return dx, spart.sum(0)
 
 

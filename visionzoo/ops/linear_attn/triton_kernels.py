@@ -95,7 +95,7 @@ def _la_stats_kernel(X, POS, INV_S, STATS, L, C, sxb, sxl, spb, spl, P,
     inv_s = tl.load(INV_S + cols, mask=cols < C, other=1.0)
     y = _features(x, inv_s[None, :], ok, P, True)
     r = tl.sqrt(tl.sum(tl.where(ok, y * y, 0.0), 1))
-    m = tl.max(tl.where(ok, y, 0.0), 1)
+    m = tl.where(row_ok, tl.max(tl.where(ok, y, 0.0), 1), 1.0)  # 1 on rows past the end: no 0 / 0
     t = tl.where(ok, tl.exp2(P * tl.log2(y / m[:, None])), 0.0)
     s = tl.sqrt(tl.sum(t * t, 1))
     base = STATS + (b * L + rows) * 3
