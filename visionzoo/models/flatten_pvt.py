@@ -1,0 +1,249 @@
+"""FLatten-PVT (Han et al., *FLatten Transformer: Vision Transformer using Focused Linear Attention*, ICCV 2023;
+``LeapLabTHU/FLatten-Transformer``): ``flatten_pvt_tiny`` / ``small`` / ``medium`` / ``large``.
+
+Layout (official ``models/flatten_pvt.py``, PVT v1 with every attention replaced): a 4x4 s4 patch conv +
+LayerNorm (eps 1e-5) opens stage 1, a 2x2 s2 patch conv + LayerNorm opens stages 2-4; each stage adds its
+absolute position embedding ``pos_embed`` (``[1, h*w, C]`` for the map of ``img_size``), then blocks
+``x += attn(LN(x))``, ``x += mlp(LN(x))`` (LayerNorm eps 1e-6, MLP Linear -> GELU -> Linear) whose
+attention is focused linear attention over the whole map
+(:class:`~visionzoo.blocks.focused_linear_attn.FocusedLinearAttn`: focusing factor 3, 5x5 depthwise conv
+on V shared across heads, a learnable ``positional_encoding`` on K of the stage's map). The official
+builder passes ``la_sr_ratios='1111'`` (no spatial reduction in the linear attention; the model
+function's ``sr_ratios`` only apply to softmax 'S' stages, which no released configuration uses). The
+head averages the stage-4 tokens; the official model owns a final ``norm`` that its forward never
+applies (commented out upstream): it is kept as unapplied state (exact parameter count, strict
+loading) and the computation stays the official one.
+
+``img_size`` (default 224) fixes the build-time maps, i.e. the shapes of the resolution-dependent
+``pos_embed`` and ``positional_encoding`` parameters (official shapes, so checkpoints load as they
+are). Any other input size runs: the patch convs zero-pad to a multiple of their stride (the official
+layers drop the remainder) and both position tables are bilinearly interpolated to the map
+(``align_corners=False``, the official ``_get_pos_embed``). Checkpoints of another ``img_size`` get their
+tables resized at load time as the official fine-tuning loader does (``positional_encoding`` bicubic;
+``pos_embed``, which that loader leaves alone, bilinear as the forward interpolates it).
+
+Shared with :mod:`~visionzoo.models.flatten_pvt_v2` and :mod:`~visionzoo.models.flatten_swin`: the
+'L' mixer config (:func:`focused_mixer`), PVT's build-time maps (:func:`pvt_maps`) and the official
+``q`` / ``kv`` -> ``qkv`` merge and table resizing of the converters (:func:`official_filter`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import convert
+from ._base import pretrained_cfg
+from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
+from ._registry import register_family
+
+__all__ = ["FLattenPVTCfg", "VARIANTS", "checkpoint_filter_fn", "focused_mixer", "pvt_maps", "official_filter",
+           "PAPER", "ORIGIN"]
+
+PAPER = ("FLatten Transformer: Vision Transformer using Focused Linear Attention", "arXiv:2308.00442")
+ORIGIN = "https://github.com/LeapLabTHU/FLatten-Transformer"
+
+
+def focused_mixer(map_size: int, focusing_factor: int, kernel_size: int, sr_ratio: int = 1,
+                  qkv_bias: bool = True) -> MixerCfg:
+    """The 'L' token mixer: focused linear attention over a ``map_size x map_size`` build-time map."""
+    return MixerCfg("focused_linear", dict(map_size=(map_size, map_size), focusing_factor=focusing_factor,
+                                           kernel_size=kernel_size, sr_ratio=sr_ratio, qkv_bias=qkv_bias))
+
+
+def pvt_maps(img_size: int, num_stages: int, stem_stride: int = 4) -> tuple[int, ...]:
+    """PVT's build-time map side per stage, the official ``PatchEmbed`` arithmetic: ``img_size // stem_stride``,
+    then ``(img_size // 2 ** (i + 1)) // 2``."""
+    return tuple(img_size // stem_stride if i == 0 else (img_size // 2 ** (i + 1)) // 2 for i in range(num_stages))
+
+
+def check_img_size(cfg) -> None:
+    if not isinstance(cfg.img_size, int) or isinstance(cfg.img_size, bool) or cfg.img_size < 32:
+        raise ValueError(f"{type(cfg).__name__}: img_size must be an int >= 32 (the build-time input side that "
+                         f"sizes the position tables), got {cfg.img_size!r}")
+
+
+@dataclass(frozen=True)
+class FLattenPVTCfg:
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    widths: tuple[int, ...] = (64, 128, 320, 512)  # official embed_dims
+    num_heads: tuple[int, ...] = (1, 2, 5, 8)
+    mlp_ratios: tuple[float, ...] = (8, 8, 4, 4)
+    #: spatial reduction of the linear attention's K/V per stage (official la_sr_ratios, '1111' as built)
+    la_sr_ratios: tuple[int, ...] = (1, 1, 1, 1)
+    focusing_factor: int = 3
+    kernel_size: int = 5  # the depthwise conv on V
+    qkv_bias: bool = True
+    patch_size: int = 4
+    img_size: int = 224  # build-time input side: sizes pos_embed and positional_encoding
+    norm_eps: float = 1e-6  # the blocks' LayerNorms (official norm_layer=partial(nn.LayerNorm, eps=1e-6))
+
+    def __post_init__(self):
+        per_stage(self, "depths", "widths", "num_heads", "mlp_ratios", "la_sr_ratios", heads="num_heads")
+        check_img_size(self)
+        self.arch()
+
+    def arch(self) -> HierarchicalCfg:
+        maps = pvt_maps(self.img_size, len(self.depths), self.patch_size)
+        stages = tuple(StageCfg(d, w, h, focused_mixer(m, self.focusing_factor, self.kernel_size, sr, self.qkv_bias),
+                                BlockCfg(r, norm_eps=self.norm_eps), pos_embed=(m, m))
+                       for d, w, h, r, sr, m in zip(self.depths, self.widths, self.num_heads, self.mlp_ratios,
+                                                    self.la_sr_ratios, maps))
+        return HierarchicalCfg(stages, StemCfg("patch", self.patch_size), "patch_ln", final_norm="layernorm_unapplied")
+
+
+# ---- checkpoint conversion (shared by the three FLatten families) -------------------------------
+def _merge_q_kv(sd: dict, target: dict) -> dict:
+    """Official PVT attention ``q`` + ``kv`` -> our ``qkv`` (q | k | v along the output dim) wherever the
+    model has a fused ``qkv`` (``sr_ratio == 1``); spatially reducing blocks keep ``q`` and ``kv``."""
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^(.*\.attn)\.(q|kv)\.(weight|bias)$", k)
+        if m is None or f"{m.group(1)}.qkv.{m.group(3)}" not in target:
+            out[k] = v
+        elif m.group(2) == "q":
+            out[f"{m.group(1)}.qkv.{m.group(3)}"] = torch.cat([v, sd[f"{m.group(1)}.kv.{m.group(3)}"]], 0)
+    return out
+
+
+def _resize_square(value: torch.Tensor, shape: torch.Size, mode: str) -> torch.Tensor:
+    """A position table of a square map, ``[1, n, C]`` (``pos_embed``, ``positional_encoding``) or ``[n, heads]``
+    (a Swin bias table), resized to the square map of ``shape`` (``F.interpolate``, ``align_corners=False``).
+    Other shapes are returned unchanged (the strict load then names them)."""
+    flat = value.dim() == 2
+    grid = value.t()[None] if flat else value.transpose(1, 2)  # [1, C, n]
+    dst_shape = (shape[1], shape[0]) if flat else (shape[2], shape[1])
+    src, dst = math.isqrt(grid.shape[2]), math.isqrt(dst_shape[1])
+    if value.dim() not in (2, 3) or src * src != grid.shape[2] or dst * dst != dst_shape[1] \
+            or grid.shape[1] != dst_shape[0] or grid.shape[0] != 1:
+        return value
+    grid = F.interpolate(grid.reshape(1, -1, src, src).float(), size=(dst, dst), mode=mode, align_corners=False)
+    grid = grid.reshape(1, -1, dst * dst).to(value.dtype)
+    return grid[0].t() if flat else grid.transpose(1, 2)
+
+
+def _fit_tables(sd: dict, target: dict) -> dict:
+    """Position tables of a checkpoint built for another ``img_size`` (or window) resized to the model's, as the
+    official fine-tuning loader (``utils.load_pretrained``) does: ``positional_encoding`` and
+    ``relative_position_bias_table`` bicubically; PVT v1's ``pos_embed`` (which that loader leaves alone)
+    bilinearly, as its forward interpolates it."""
+    out = dict(sd)
+    for k, v in sd.items():
+        if k in target and tuple(v.shape) != tuple(target[k].shape) and v.device.type != "meta" \
+                and k.endswith(("pos_embed", "positional_encoding", "relative_position_bias_table")):
+            out[k] = _resize_square(v, target[k].shape, "bilinear" if k.endswith("pos_embed") else "bicubic")
+    return out
+
+
+def official_filter(rules: list) -> Callable:
+    """The ``checkpoint_filter_fn`` of a FLatten family: visionzoo keys pass (tables fitted to the model's
+    ``img_size``); official keys are renamed by ``rules``, stripped of the official derived buffers
+    (``relative_position_index``, ``attn_mask``), their ``q`` / ``kv`` merged into ``qkv`` and their tables
+    fitted."""
+    def official(sd: dict, target: dict) -> dict:
+        sd = {k: v for k, v in sd.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+        return _fit_tables(_merge_q_kv(convert.rename(sd, rules), target), target)
+
+    def checkpoint_filter_fn(state_dict, model: HierarchicalNet):
+        target = model.state_dict()
+        sd = _fit_tables(convert.unwrap_state_dict(state_dict), target)
+        return convert.remap(sd, model, {"official": lambda s: official(s, target)})
+
+    return checkpoint_filter_fn
+
+
+_RULES = [
+    (r"^patch_embed1\.", "stem."),
+    (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample."),
+    (r"^pos_embed(\d)$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed"),
+    (r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
+    (r"^head\.", "head.fc."),
+]
+checkpoint_filter_fn = official_filter(_RULES)
+checkpoint_filter_fn.__doc__ = """visionzoo or official (``PyramidVisionTransformer`` of ``flatten_pvt.py``, bare or
+``{"model": ...}``) keys -> visionzoo keys; ``q`` / ``kv`` merged into ``qkv``, position tables of another
+``img_size`` resized."""
+
+
+def official_common(family: str, kw: dict, allowed: set, supported: dict | None = None) -> tuple[dict, dict, dict]:
+    """The official arguments of both PVT families -> (checked kwargs, config overrides, model kwargs)."""
+    kw = convert.check_official_kwargs(family, kw, allowed, supported)
+    depths = tuple(kw.get("depths", (3, 4, 6, 3)))
+    n = kw.get("num_stages", 4)
+    if n != len(depths) or n != 4:
+        raise NotImplementedError(f"from_official({family!r}): only num_stages=4 with four depths is implemented, "
+                                  f"got num_stages={n}, depths={depths}")
+    attn_type = kw.get("attn_type") or "LLLL"
+    if attn_type != "L" * n:
+        raise NotImplementedError(f"from_official({family!r}): only attn_type='LLLL' (focused linear attention in "
+                                  f"every stage, every released configuration) is implemented, got {attn_type!r}")
+    if kw.get("qk_scale") is not None:
+        raise NotImplementedError(f"from_official({family!r}): qk_scale only affects softmax 'S' stages; got "
+                                  f"{kw['qk_scale']!r} with attn_type {attn_type!r}")
+    la = str(kw.get("la_sr_ratios", "8421"))
+    if len(la) != n or not la.isdigit():
+        raise ValueError(f"from_official({family!r}): la_sr_ratios must be {n} digits (e.g. '1111'), got {la!r}")
+    overrides = dict(depths=depths, widths=tuple(kw.get("embed_dims", (64, 128, 256, 512))),
+                     num_heads=tuple(kw.get("num_heads", (1, 2, 4, 8))),
+                     mlp_ratios=tuple(kw.get("mlp_ratios", (4, 4, 4, 4))), la_sr_ratios=tuple(int(c) for c in la),
+                     focusing_factor=kw.get("focusing_factor", 3), kernel_size=kw.get("kernel_size", 5),
+                     qkv_bias=bool(kw.get("qkv_bias", False)), img_size=int(kw.get("img_size", 224)),
+                     norm_eps=convert.official_layernorm_eps(family, kw.get("norm_layer")))
+    model_kwargs = dict(num_classes=kw.get("num_classes", 1000), in_chans=kw.get("in_chans", 3),
+                        drop_path_rate=kw.get("drop_path_rate", 0.0), proj_drop_rate=kw.get("drop_rate", 0.0),
+                        attn_drop_rate=kw.get("attn_drop_rate", 0.0))
+    return kw, overrides, model_kwargs
+
+
+PVT_ARGS = {"img_size", "patch_size", "in_chans", "num_classes", "embed_dims", "num_heads", "mlp_ratios", "qkv_bias",
+             "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate", "norm_layer", "depths", "sr_ratios",
+             "la_sr_ratios", "num_stages", "focusing_factor", "kernel_size", "attn_type"}
+
+
+def _official(kw: dict):
+    """An official ``PyramidVisionTransformer(img_size=224, patch_size=16, in_chans=3, num_classes=1000,
+    embed_dims, num_heads, mlp_ratios, qkv_bias=False, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
+    drop_path_rate=0., norm_layer=nn.LayerNorm, depths, sr_ratios=[8, 4, 2, 1], la_sr_ratios='8421',
+    num_stages=4, focusing_factor=3, kernel_size=5, attn_type='LLLL')`` call (``flatten_pvt.py``; the
+    ``flatten_pvt_*`` functions pass ``patch_size=4`` and the builder ``la_sr_ratios='1111'``).
+    ``sr_ratios`` only applies to softmax 'S' stages (not implemented)."""
+    kw, overrides, model_kwargs = official_common("flatten_pvt", kw, PVT_ARGS)
+    overrides["patch_size"] = int(kw.get("patch_size", 16))
+    return "flatten_pvt_tiny", overrides, model_kwargs
+
+
+# ---- variants -----------------------------------------------------------------------------------
+_TINY = FLattenPVTCfg()
+VARIANTS = {
+    "flatten_pvt_tiny": _TINY,
+    "flatten_pvt_small": dataclasses.replace(_TINY, depths=(3, 4, 6, 3)),
+    "flatten_pvt_medium": dataclasses.replace(_TINY, depths=(3, 4, 18, 3)),
+    "flatten_pvt_large": dataclasses.replace(_TINY, depths=(3, 8, 27, 3)),
+}
+#: official top-1 (ImageNet-1k, 224) of the released weights (only FLatten-PVT-T was released)
+_TOP1 = {"flatten_pvt_tiny": 77.8}
+
+
+def tiny(cfg) -> dict:
+    """16..64 wide, one block per stage, head dim 16 (kept at the variant's img_size: the position tables
+    are interpolated at the contract tests' 64x64)."""
+    return dict(depths=(1, 1, 1, 1), widths=(16, 32, 48, 64), num_heads=(1, 2, 3, 4))
+
+
+def family_meta(names, top1: dict) -> dict:
+    return {n: dict(official_params_key=n, **(dict(top1=top1[n], top1_source="FLatten-Transformer README")
+                                              if n in top1 else {})) for n in names}
+
+
+register_family(
+    __name__, "flatten_pvt", HierarchicalNet, VARIANTS,
+    {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
+                       license="other") for n in VARIANTS},
+    checkpoint_filter_fn, meta=family_meta(VARIANTS, _TOP1), official={"flatten_pvt": _official},
+    paper="FLatten-PVT (focused linear attention)", tiny=tiny, aliases={"embed_dims": "widths"},
+)
