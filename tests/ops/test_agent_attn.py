@@ -12,7 +12,7 @@ from ._backend_tester import BackendTester
 
 NAMES = ("dq", "dk", "dv", "dagents", "dbias_kv", "dbias_q")
 
-# (B, heads, N, M, n, D, Dv, bias batch (0: [heads, ...] 3-D, 1: broadcast, B: per image))
+# (B, heads, N, M, n, D, Dv, bias batch (0: [heads, ...] 3-D, bias_q transposed; 1: broadcast; B: per image))
 CASES = [
     (2, 3, 13, 13, 4, 5, 7, 0),  # N not a square, Dv != D
     (1, 2, 20, 20, 9, 8, 8, 1),
@@ -28,7 +28,9 @@ def _inputs(B, heads, N, M, n, D, Dv, bb, seed=0):
     def r(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64)
     lead = (heads,) if bb == 0 else (bb, heads)
-    return r(B, heads, N, D), r(B, heads, M, D), r(B, heads, M, Dv), r(B, heads, n, D), r(*lead, n, M), r(*lead, N, n)
+    # 3-D biases: bias_q as the transposed view of an [heads, n, N] tensor (the block's layout)
+    bias_q = r(*lead, n, N).transpose(-2, -1) if bb == 0 else r(*lead, N, n)
+    return r(B, heads, N, D), r(B, heads, M, D), r(B, heads, M, Dv), r(B, heads, n, D), r(*lead, n, M), bias_q
 
 
 def _oracle(q, k, v, agents, bias_kv, bias_q, scale):

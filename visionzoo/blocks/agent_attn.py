@@ -112,15 +112,17 @@ class AgentAttn(nn.Module):
 
     def build_biases(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(bias_kv [heads, n, H W], bias_q [heads, H W, n])`` for an ``H x W`` map, in the parameters'
-        dtype, differentiable (see the module docstring)."""
+        dtype, differentiable (see the module docstring); ``bias_q`` is a transposed view of an
+        ``[heads, n, H W]`` tensor."""
         heads, n, size = self.num_heads, self.agent_num, (height, width)
         an = F.interpolate(self.an_bias, size=size, mode="bilinear", align_corners=False)
         na = F.interpolate(self.na_bias, size=size, mode="bilinear", align_corners=False)
         ah, aw = _resize_axis(self.ah_bias, 3, height), _resize_axis(self.aw_bias, 4, width)
         ha, wa = _resize_axis(self.ha_bias, 2, height), _resize_axis(self.wa_bias, 3, width)
         bias_kv = (an + (ah + aw)[0]).reshape(heads, n, height * width)
-        bias_q = na.reshape(heads, n, height * width).transpose(1, 2) + (ha + wa)[0].reshape(heads, -1, n)
-        return bias_kv, bias_q
+        # built agents-major and returned transposed: the cpu backend reads it as [heads, n, H W]
+        bias_q = na.reshape(heads, n, height * width) + (ha + wa)[0].reshape(heads, -1, n).transpose(1, 2)
+        return bias_kv, bias_q.transpose(1, 2)
 
     def biases(self, height: int, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`build_biases` in ``dtype``, cached per (map, device, dtype) while no bias parameter
@@ -133,7 +135,7 @@ class AgentAttn(nn.Module):
         hit = self._bias_cache.get(key)
         if hit is None or hit[0] != stamp:
             with torch.no_grad():
-                hit = (stamp, tuple(b.to(dtype).contiguous() for b in self.build_biases(height, width)))
+                hit = (stamp, tuple(b.to(dtype) for b in self.build_biases(height, width)))
             self._bias_cache[key] = hit
         return hit[1]
 

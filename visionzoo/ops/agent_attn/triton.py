@@ -33,13 +33,12 @@ def _rows(t):
 
 
 def _bias(t):
-    """``(tensor or None, batch stride, head stride)`` of a ``[h, r, c]`` or ``[1|B, h, r, c]`` bias as a
-    4-D tensor with contiguous rows."""
+    """``(4-D tensor or None, strides (batch, head, row, column))`` of a ``[h, r, c]`` or ``[1|B, h, r, c]``
+    bias, read in place whatever its layout (batch stride 0 when one bias serves the batch)."""
     if t is None:
-        return None, 0, 0
+        return None, (0, 0, 0, 0)
     t = t if t.dim() == 4 else t.unsqueeze(0)
-    t = t if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] else t.contiguous()
-    return t, (0 if t.shape[0] == 1 else t.stride(0)), t.stride(1)
+    return t, (0 if t.shape[0] == 1 else t.stride(0), *t.stride()[1:])
 
 
 def _plan(q, v, agents):
@@ -70,8 +69,8 @@ def agent_attn_forward(q, k, v, agents, bias_kv, bias_q, scale):
     B, heads, N, D = q.shape
     M, n, Dv = k.shape[2], agents.shape[2], v.shape[-1]
     consts, block = _plan(q, v, agents)
-    bkv, s_kvb, s_kvh = _bias(bias_kv)
-    bq, s_qb, s_qh = _bias(bias_q)
+    bkv, s_kv = _bias(bias_kv)
+    bq, s_bq = _bias(bias_q)
     splits, per_split = _splits(k, B * heads, block)
     f32 = dict(dtype=torch.float32, device=q.device)
     pm = torch.empty(B * heads * splits * consts["NA"], **f32)
@@ -80,14 +79,14 @@ def agent_attn_forward(q, k, v, agents, bias_kv, bias_q, scale):
     qk_scale = scale * _LOG2E
     _k._stage1_partial_kernel[(B * heads, splits)](
         agents, k, v, q if bkv is None else bkv, pm, pl, pacc, M, n, heads, per_split, qk_scale,
-        *k.stride()[:3], *v.stride()[:3], s_kvb, s_kvh, D, Dv, HAS_BIAS=bkv is not None, BM=block, **consts)
+        *k.stride()[:3], *v.stride()[:3], *s_kv, D, Dv, HAS_BIAS=bkv is not None, BM=block, **consts)
     agent_v = _empty((B, heads, n, Dv), torch.float32, q.device)
     lse = _empty((B, heads, n), torch.float32, q.device)
     _k._stage1_combine_kernel[(B * heads,)](pm, pl, pacc, agent_v, lse, splits, n, Dv, NA=consts["NA"],
                                             BDV=consts["BDV"], num_warps=4)
     out = _empty((B, heads, N, Dv), q.dtype, q.device)
     _k._stage2_fwd_kernel[(B * heads, -(-N // block))](
-        agents, q, q if bq is None else bq, agent_v, out, N, n, heads, qk_scale, *q.stride()[:3], s_qb, s_qh,
+        agents, q, q if bq is None else bq, agent_v, out, N, n, heads, qk_scale, *q.stride()[:3], *s_bq,
         D, Dv, HAS_BIAS=bq is not None, BN=block, **consts)
     return out, agent_v, lse
 
@@ -98,8 +97,8 @@ def agent_attn_backward(dout, q, k, v, agents, bias_kv, bias_q, out, agent_v, ls
     B, heads, N, D = q.shape
     M, n, Dv = k.shape[2], agents.shape[2], v.shape[-1]
     consts, block = _plan(q, v, agents)
-    bkv, s_kvb, s_kvh = _bias(bias_kv)
-    bq, s_qb, s_qh = _bias(bias_q)
+    bkv, s_kv = _bias(bias_kv)
+    bq, s_bq = _bias(bias_q)
     f32 = dict(dtype=torch.float32, device=q.device)
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
@@ -111,12 +110,12 @@ def agent_attn_backward(dout, q, k, v, agents, bias_kv, bias_q, out, agent_v, ls
     qk_scale = scale * _LOG2E
     _k._stage2_bwd_kernel[(B * heads, -(-N // block))](
         agents, q, q if bq is None else bq, agent_v, out, dout, dq, dbq if bq is not None else dq, da, dva,
-        N, n, heads, scale, qk_scale, *q.stride()[:3], s_qb, s_qh,
+        N, n, heads, scale, qk_scale, *q.stride()[:3], *s_bq,
         0 if bq is None or bq.shape[0] == 1 else heads * N * n, D, Dv,
         HAS_BIAS=bq is not None, BN=block, **consts)
     _k._stage1_bwd_kernel[(B * heads, -(-M // block))](
         agents, k, v, q if bkv is None else bkv, agent_v, lse, dva, dk, dv, dbkv if bkv is not None else dk, da,
-        M, n, heads, scale, qk_scale, *k.stride()[:3], *v.stride()[:3], s_kvb, s_kvh,
+        M, n, heads, scale, qk_scale, *k.stride()[:3], *v.stride()[:3], *s_kv,
         0 if bkv is None or bkv.shape[0] == 1 else heads * n * M, D, Dv,
         HAS_BIAS=bkv is not None, BM=block, **consts)
 
@@ -150,7 +149,7 @@ def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 @_bwd_op.register_fake
 def _(dout, q, k, v, agents, bias_kv, bias_q, out, agent_v, lse, scale):
     def grad(t):
-        return q.new_empty((0,), dtype=torch.float32) if t is None else torch.empty_like(t)
+        return q.new_empty((0,), dtype=torch.float32) if t is None else t.new_empty(t.shape)
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), agents.new_empty(agents.shape),
             grad(bias_kv), grad(bias_q))
 

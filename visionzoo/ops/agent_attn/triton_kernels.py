@@ -27,7 +27,8 @@ and probabilities (bias add, softmax: ~5 passes of ``N n`` elements, ``~0.7 x`` 
 with an additive bias reads the ``[N, n]`` bias too and pads the ``n`` keys to its 64/128-key tile. The
 fused kernels read each input once and write each output once (the bias tables are read once).
 
-Constraints: last dims contiguous (the launcher copies otherwise); ``n <= 64``; head dims <= 256.
+Constraints: q, k, v with unit last stride (the launcher copies otherwise; biases take any strides);
+``n <= 64``; head dims <= 256.
 Tested dtypes: fp32 (tf32x3 dots), fp16, bf16 (fp32 accumulation everywhere), under
 ``TRITON_INTERPRET=1`` unless a GPU run says otherwise. Known limits: the fp32 atomics make ``dA``,
 ``dV_A`` and a batch-shared bias gradient's summation order non-deterministic; no autotuning.
@@ -46,8 +47,15 @@ def _load_rows(PTR, rows, n_rows, cols, n_cols, stride_row):
 
 
 @triton.jit
+def _load_bias(PTR, rows, n_rows, s_r, cols, n_cols, s_c):
+    """``PTR[rows, cols]`` of a bias with any strides, fp32, zero outside."""
+    return tl.load(PTR + rows[:, None] * s_r + cols[None, :] * s_c,
+                   mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _stage1_partial_kernel(A, K, V, BKV, PM, PL, PACC, M, n, HEADS, TILES_PER_SPLIT, qk_scale,
-                           s_kb, s_kh, s_km, s_vb, s_vh, s_vm, s_bb, s_bh, D, DV,
+                           s_kb, s_kh, s_km, s_vb, s_vh, s_vm, s_bb, s_bh, s_br, s_bc, D, DV,
                            HAS_BIAS: tl.constexpr, NA: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                            BM: tl.constexpr, PRECISION: tl.constexpr):
     """Online softmax of the agents over keys ``[split * TILES_PER_SPLIT * BM, ...)``: partial max,
@@ -71,8 +79,7 @@ def _stage1_partial_kernel(A, K, V, BKV, PM, PL, PACC, M, n, HEADS, TILES_PER_SP
         k = _load_rows(K + b * s_kb + h * s_kh, km, M, rd, D, s_km)
         s = _mma(a, tl.trans(k), PRECISION) * qk_scale
         if HAS_BIAS:
-            bias = _load_rows(BKV + b * s_bb + h * s_bh, ra, n, km, M, M)
-            s += bias.to(tl.float32) * _LOG2E_JIT
+            s += _load_bias(BKV + b * s_bb + h * s_bh, ra, n, s_br, km, M, s_bc) * _LOG2E_JIT
         s = tl.where((km < M)[None, :], s, float("-inf"))
         v = _load_rows(V + b * s_vb + h * s_vh, km, M, rdv, DV, s_vm)
         m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, PRECISION)
@@ -105,21 +112,21 @@ def _stage1_combine_kernel(PM, PL, PACC, VA, LSE, SPLITS, n, DV, NA: tl.constexp
 
 
 @triton.jit
-def _stage2_probs(A, Q, BQ, bh, b, h, rn, ra, rd, N, n, D, qk_scale, s_qb, s_qh, s_qn, s_bb, s_bh,
+def _stage2_probs(A, Q, BQ, bh, b, h, rn, ra, rd, N, n, D, qk_scale, s_qb, s_qh, s_qn, s_bb, s_bh, s_br, s_bc,
                   HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
     """``(P2 [BN, NA] fp32, the agents [NA, BD], the query tile [BN, BD])`` of one query tile."""
     a = _load_rows(A + bh * n * D, ra, n, rd, D, D)
     q = _load_rows(Q + b * s_qb + h * s_qh, rn, N, rd, D, s_qn)
     s = _mma(q, tl.trans(a), PRECISION) * qk_scale
     if HAS_BIAS:
-        s += _load_rows(BQ + b * s_bb + h * s_bh, rn, N, ra, n, n).to(tl.float32) * _LOG2E_JIT
+        s += _load_bias(BQ + b * s_bb + h * s_bh, rn, N, s_br, ra, n, s_bc) * _LOG2E_JIT
     s = tl.where((ra < n)[None, :], s, float("-inf"))
     p = tl.exp2(s - tl.max(s, 1)[:, None])
     return p / tl.sum(p, 1)[:, None], a, q
 
 
 @triton.jit
-def _stage2_fwd_kernel(A, Q, BQ, VA, OUT, N, n, HEADS, qk_scale, s_qb, s_qh, s_qn, s_bb, s_bh, D, DV,
+def _stage2_fwd_kernel(A, Q, BQ, VA, OUT, N, n, HEADS, qk_scale, s_qb, s_qh, s_qn, s_bb, s_bh, s_br, s_bc, D, DV,
                        HAS_BIAS: tl.constexpr, NA: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                        BN: tl.constexpr, PRECISION: tl.constexpr):
     """``OUT [BH, N, DV] = softmax(Q A^T s + B_q) V_A`` for one tile of ``BN`` queries."""
@@ -130,7 +137,7 @@ def _stage2_fwd_kernel(A, Q, BQ, VA, OUT, N, n, HEADS, qk_scale, s_qb, s_qh, s_q
     ra = tl.arange(0, NA)
     rdv = tl.arange(0, BDV)
     p, a, q = _stage2_probs(A, Q, BQ, bh, b, h, rn, ra, tl.arange(0, BD), N, n, D, qk_scale, s_qb, s_qh, s_qn,
-                            s_bb, s_bh, HAS_BIAS, PRECISION)
+                            s_bb, s_bh, s_br, s_bc, HAS_BIAS, PRECISION)
     va = _load_rows(VA + bh * n * DV, ra, n, rdv, DV, DV).to(q.dtype)
     o = _mma(p.to(q.dtype), va, PRECISION)
     tl.store(OUT + bh * N * DV + rn[:, None] * DV + rdv[None, :], o.to(OUT.dtype.element_ty),
@@ -139,7 +146,8 @@ def _stage2_fwd_kernel(A, Q, BQ, VA, OUT, N, n, HEADS, qk_scale, s_qb, s_qh, s_q
 
 @triton.jit
 def _stage2_bwd_kernel(A, Q, BQ, VA, OUT, DO, DQ, DBQ, DA, DVA, N, n, HEADS, scale, qk_scale, s_qb, s_qh, s_qn,
-                       s_bb, s_bh, s_db, D, DV, HAS_BIAS: tl.constexpr, NA: tl.constexpr, BD: tl.constexpr,
+                       s_bb, s_bh, s_br, s_bc, s_db, D, DV, HAS_BIAS: tl.constexpr, NA: tl.constexpr,
+                       BD: tl.constexpr,
                        BDV: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr):
     """One query tile: ``dQ`` (stored), ``dB_q`` (fp32, added at batch stride ``s_db``), and its share of
     ``dA`` and ``dV_A`` (fp32 ``[BH, n, D]``, ``[BH, n, DV]``, atomics)."""
@@ -151,7 +159,7 @@ def _stage2_bwd_kernel(A, Q, BQ, VA, OUT, DO, DQ, DBQ, DA, DVA, N, n, HEADS, sca
     rd = tl.arange(0, BD)
     rdv = tl.arange(0, BDV)
     p, a, q = _stage2_probs(A, Q, BQ, bh, b, h, rn, ra, rd, N, n, D, qk_scale, s_qb, s_qh, s_qn,
-                            s_bb, s_bh, HAS_BIAS, PRECISION)
+                            s_bb, s_bh, s_br, s_bc, HAS_BIAS, PRECISION)
     va = _load_rows(VA + bh * n * DV, ra, n, rdv, DV, DV).to(q.dtype)
     do = _load_rows(DO + bh * N * DV, rn, N, rdv, DV, DV)
     o = _load_rows(OUT + bh * N * DV, rn, N, rdv, DV, DV)
@@ -173,7 +181,7 @@ def _stage2_bwd_kernel(A, Q, BQ, VA, OUT, DO, DQ, DBQ, DA, DVA, N, n, HEADS, sca
 
 @triton.jit
 def _stage1_bwd_kernel(A, K, V, BKV, VA, LSE, DVA, DK, DV_, DBKV, DA, M, n, HEADS, scale, qk_scale,
-                       s_kb, s_kh, s_km, s_vb, s_vh, s_vm, s_bb, s_bh, s_db, D, DV,
+                       s_kb, s_kh, s_km, s_vb, s_vh, s_vm, s_bb, s_bh, s_br, s_bc, s_db, D, DV,
                        HAS_BIAS: tl.constexpr, NA: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                        BM: tl.constexpr, PRECISION: tl.constexpr):
     """One key tile: ``dK``, ``dV`` (stored), ``dB_kv`` (fp32, added at batch stride ``s_db``) and its
@@ -195,7 +203,7 @@ def _stage1_bwd_kernel(A, K, V, BKV, VA, LSE, DVA, DK, DV_, DBKV, DA, M, n, HEAD
     lse = tl.load(LSE + bh * n + ra, mask=a_ok, other=0.0)
     s = _mma(a, tl.trans(k), PRECISION) * qk_scale
     if HAS_BIAS:
-        s += _load_rows(BKV + b * s_bb + h * s_bh, ra, n, km, M, M).to(tl.float32) * _LOG2E_JIT
+        s += _load_bias(BKV + b * s_bb + h * s_bh, ra, n, s_br, km, M, s_bc) * _LOG2E_JIT
     p = tl.where(a_ok[:, None] & m_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)  # [NA, BM]
     dvac = dva.to(v.dtype)
     ds = p * (_mma(dvac, tl.trans(v), PRECISION) - delta[:, None])
