@@ -3,6 +3,7 @@
 
     python -m benchmarks.bench_agent_attn            # 9 rounds
     python -m benchmarks.bench_agent_attn --quick    # 5 rounds, stage 1 only
+    python -m benchmarks.bench_agent_attn --threads 1   # one torch thread (steadier on a shared host)
 
 Inputs: ``q, k, v`` as the ``qkv`` projection gives them (``[8, H, W, C]`` views of one tensor, fp32) and an
 :class:`~visionzoo.blocks.agent_attn.AgentAttn`'s parameters (Agent-PVT-T: C, map, heads, agents = 64, 56,
@@ -11,8 +12,9 @@ Inputs: ``q, k, v`` as the ``qkv`` projection gives them (``[8, H, W, C]`` views
 * ``plain``: the official code's steps: agents pooled from q, ``an_bias``/``na_bias`` bilinearly
   interpolated and the biases ``.repeat``-ed over the batch, two softmax attentions with explicit
   ``@`` products, ``+ dwc(v)``;
-* ``vz_cpu``: what :class:`AgentAttn` runs: agents pooled, the block's biases (cached in inference,
-  rebuilt under autograd), :func:`visionzoo.ops.agent_attn` with ``backend="cpu"``, ``+ dwc(v)``;
+* ``vz_cpu``: what :class:`AgentAttn` runs (:meth:`AgentAttn.mix`): agents pooled, the block's biases
+  (cached in inference, rebuilt under autograd), :func:`visionzoo.ops.agent_attn` with ``backend="cpu"``,
+  ``+ dwc(v)``;
 * ``vz_reference``: the same with the reference backend;
 * ``dense_sdpa``: ``scaled_dot_product_attention`` over all ``H W`` tokens (no bias, no dwc).
 
@@ -52,18 +54,6 @@ def _plain(m, q, k, v):
     return x + m.dwc(v.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
 
 
-def _ours(m, q, k, v, backend):
-    """:class:`AgentAttn`'s forward from q, k, v ``[B, H, W, C]`` to the output before ``proj``."""
-    from visionzoo.ops import agent_attn
-    B, H, W, C = q.shape
-    heads, hd = m.num_heads, m.head_dim
-    agents = F.adaptive_avg_pool2d(q.permute(0, 3, 1, 2), m.pool_size).reshape(B, heads, hd, -1).transpose(-1, -2)
-    bias_kv, bias_q = m.biases(H, W, q.dtype)
-    out = agent_attn(*(t.reshape(B, H * W, heads, hd).transpose(1, 2) for t in (q, k, v)), agents, bias_kv, bias_q,
-                     scale=m.scale, backend=backend)
-    return out.transpose(1, 2).reshape(B, H, W, C) + m.dwc(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
 def make_call(stage: str, variant: str, mode: str, batch: int = BATCH):
     """Zero-argument call of one variant with its inputs bound."""
     from visionzoo.blocks.agent_attn import AgentAttn
@@ -86,8 +76,10 @@ def make_call(stage: str, variant: str, mode: str, batch: int = BATCH):
             q, k, v = (t.reshape(batch, s * s, heads, c // heads).transpose(1, 2) for t in split())
             return F.scaled_dot_product_attention(q, k, v)
     else:
+        m.backend = {"vz_cpu": "cpu", "vz_reference": "reference"}[variant]
+
         def op():
-            return _ours(m, *split(), {"vz_cpu": "cpu", "vz_reference": "reference"}[variant])
+            return m.mix(*split())
     return harness.op_call(op, leaves, mode)
 
 
@@ -98,7 +90,8 @@ def _max_diff(stage: str) -> float:
     q, k, v = torch.randn(3, 2, s, s, c).unbind(0)
     with torch.inference_mode():
         plain = _plain(m, *(t.reshape(2, s * s, c) for t in (q, k, v))).reshape(2, s, s, c)
-        return (_ours(m, q, k, v, "cpu") - plain).abs().max().item()
+        m.backend = "cpu"
+        return (m.mix(q, k, v) - plain).abs().max().item()
 
 
 def bench(rounds: int, stages, memory: bool) -> list[dict]:
@@ -149,7 +142,11 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="5 rounds, stage 1 only")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default torch's); on a shared 2-core host 1 thread gives steadier ratios")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rounds = args.rounds or (5 if args.quick else 9)
     stages = ["stage1"] if args.quick else list(STAGES)
     rows = bench(rounds, stages, memory=not args.no_memory)

@@ -139,10 +139,11 @@ class AgentAttn(nn.Module):
             self._bias_cache[key] = hit
         return hit[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
+    def mix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The attention from ``q, k, v`` (``[B, H, W, C]``, as ``qkv`` splits them) to the input of
+        ``proj``: agents pooled from ``q``, :func:`~visionzoo.ops.agent_attn` with the biases, ``+ dwc(v)``."""
+        B, H, W, C = q.shape
         heads, hd = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).unflatten(-1, (3, C)).unbind(-2)  # each [B, H, W, C]
         agents = F.adaptive_avg_pool2d(q.permute(0, 3, 1, 2), self.pool_size)  # [B, C, p, p]
         agents = agents.reshape(B, heads, hd, self.agent_num).transpose(-1, -2)
         bias_kv, bias_q = self.biases(H, W, q.dtype)
@@ -151,8 +152,11 @@ class AgentAttn(nn.Module):
             return t.reshape(B, H * W, heads, hd).transpose(1, 2)
         out = agent_attn(heads_first(q), heads_first(k), heads_first(v), agents, bias_kv, bias_q,
                          scale=self.scale, backend=self.backend)
-        out = out.transpose(1, 2).reshape(B, H, W, C)
-        out = out + self.dwc(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # in place: the op's output is a fresh tensor that nothing saved (one map-sized buffer less)
+        return out.transpose(1, 2).reshape(B, H, W, C).add_(self.dwc(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mix(*self.qkv(x).unflatten(-1, (3, x.shape[-1])).unbind(-2))
         return self.proj_drop(self.proj(out))
 
     def _apply(self, fn, recurse=True):

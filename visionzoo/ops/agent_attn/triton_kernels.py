@@ -54,6 +54,14 @@ def _load_bias(PTR, rows, n_rows, s_r, cols, n_cols, s_c):
 
 
 @triton.jit
+def _program(HEADS, BLOCK: tl.constexpr):
+    """This program's ``(image * HEADS + head, image, head, its BLOCK token rows)`` on a ``(B * HEADS, tiles)``
+    grid."""
+    bh = tl.program_id(0)
+    return bh, bh // HEADS, bh % HEADS, tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
 def _stage1_partial_kernel(A, K, V, BKV, PM, PL, PACC, M, n, HEADS, TILES_PER_SPLIT, qk_scale,
                            s_kb, s_kh, s_km, s_vb, s_vh, s_vm, s_bb, s_bh, s_br, s_bc, D, DV,
                            HAS_BIAS: tl.constexpr, NA: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
@@ -130,10 +138,7 @@ def _stage2_fwd_kernel(A, Q, BQ, VA, OUT, N, n, HEADS, qk_scale, s_qb, s_qh, s_q
                        HAS_BIAS: tl.constexpr, NA: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                        BN: tl.constexpr, PRECISION: tl.constexpr):
     """``OUT [BH, N, DV] = softmax(Q A^T s + B_q) V_A`` for one tile of ``BN`` queries."""
-    bh = tl.program_id(0)
-    b = bh // HEADS
-    h = bh % HEADS
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    bh, b, h, rn = _program(HEADS, BN)
     ra = tl.arange(0, NA)
     rdv = tl.arange(0, BDV)
     p, a, q = _stage2_probs(A, Q, BQ, bh, b, h, rn, ra, tl.arange(0, BD), N, n, D, qk_scale, s_qb, s_qh, s_qn,
@@ -151,10 +156,7 @@ def _stage2_bwd_kernel(A, Q, BQ, VA, OUT, DO, DQ, DBQ, DA, DVA, N, n, HEADS, sca
                        BDV: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr):
     """One query tile: ``dQ`` (stored), ``dB_q`` (fp32, added at batch stride ``s_db``), and its share of
     ``dA`` and ``dV_A`` (fp32 ``[BH, n, D]``, ``[BH, n, DV]``, atomics)."""
-    bh = tl.program_id(0)
-    b = bh // HEADS
-    h = bh % HEADS
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    bh, b, h, rn = _program(HEADS, BN)
     ra = tl.arange(0, NA)
     rd = tl.arange(0, BD)
     rdv = tl.arange(0, BDV)
@@ -186,10 +188,7 @@ def _stage1_bwd_kernel(A, K, V, BKV, VA, LSE, DVA, DK, DV_, DBKV, DA, M, n, HEAD
                        BM: tl.constexpr, PRECISION: tl.constexpr):
     """One key tile: ``dK``, ``dV`` (stored), ``dB_kv`` (fp32, added at batch stride ``s_db``) and its
     share of ``dA`` (fp32 atomics), from the complete ``dV_A`` and the saved log-sum-exp."""
-    bh = tl.program_id(0)
-    b = bh // HEADS
-    h = bh % HEADS
-    km = tl.program_id(1) * BM + tl.arange(0, BM)
+    bh, b, h, km = _program(HEADS, BM)
     ra = tl.arange(0, NA)
     rd = tl.arange(0, BD)
     rdv = tl.arange(0, BDV)
