@@ -6,8 +6,6 @@ Without CUDA they run through ``TRITON_INTERPRET=1`` (set in conftest), where th
 16 tokens and 4 splits, so even the short sequences span several tiles and partial splits. Output
 buffers the launchers allocate are NaN-filled, so an element a kernel forgets to write fails.
 """
-import functools
-
 import pytest
 import torch
 
@@ -15,8 +13,8 @@ pytest.importorskip("triton", reason="Triton is not importable, so the triton ba
 
 from visionzoo.ops import _testing, linear_attn  # noqa: E402
 
-from ._backend_tester import BackendTester, assert_compiles_like_eager, device_for  # noqa: E402
-from .test_linear_attn import NAMES, _inputs, _oracle  # noqa: E402
+from ._backend_tester import assert_compiles_like_eager, device_for  # noqa: E402
+from .test_linear_attn import NAMES, _inputs, _oracle, la_tester  # noqa: E402
 
 # (B, N, n, C, Cv, heads, p, pos_batch)
 TRITON_CASES = [
@@ -28,24 +26,15 @@ TRITON_CASES = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
-def triton_tester(case) -> BackendTester:
-    B, N, n, C, Cv, h, p, pb = case
-
-    def op(q, k, v, scale, pos, backend):
-        return linear_attn(q, k, v, num_heads=h, focusing_factor=p, scale=scale, pos=pos, backend=backend)
-    return BackendTester("linear_attn", op, _inputs(B, N, n, C, Cv, pb), NAMES, label=f"case={case}")
-
-
 @pytest.mark.parametrize("case", TRITON_CASES, ids=str)
 def test_matches_reference_fp32(case):
-    triton_tester(case).check("triton", torch.float32)
+    la_tester(case).check("triton", torch.float32)
 
 
 @pytest.mark.parametrize("dtype,case", [(torch.float16, TRITON_CASES[2]), (torch.bfloat16, TRITON_CASES[4]),
                                         (torch.float16, TRITON_CASES[4])], ids=str)
 def test_matches_reference_low_precision(dtype, case):
-    triton_tester(case).check("triton", dtype)
+    la_tester(case).check("triton", dtype)
 
 
 def test_identity_feature_map():

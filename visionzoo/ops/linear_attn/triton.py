@@ -48,10 +48,9 @@ def _stats(x, pos, inv_s, p):
     B, L, C = x.shape
     stats = _empty((B, L, 3), torch.float32, x.device)
     bt = 16 if C <= 256 else 4
-    spb = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
     _k._la_stats_kernel[(-(-L // bt), B)](
-        x, x if pos is None else pos, inv_s, stats, L, C, x.stride(0), x.stride(1), spb,
-        0 if pos is None else pos.stride(1), p, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C), num_warps=4)
+        x, x if pos is None else pos, inv_s, stats, L, C, x.stride(0), x.stride(1), *_pos_strides(pos), p,
+        HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C), num_warps=4)
     return stats
 
 
@@ -66,25 +65,31 @@ def _geometry(q, v, heads, kernel):
     return d, dv, dict(BLOCK_D=max(16, _pow2(d)), BLOCK_DV=max(16, _pow2(dv)), num_warps=WARPS[kernel])
 
 
+def _pos_strides(pos):
+    """``(batch stride, token stride)`` of ``pos`` (batch stride 0 when it is shared: ``[1, n, C]``)."""
+    if pos is None:
+        return 0, 0
+    return (0 if pos.shape[0] == 1 else pos.stride(0)), pos.stride(1)
+
+
+def _prepare(p, *tensors):
+    """Channel-contiguous tensors (None stays None), whether ``p`` focuses, the dot precision, the tile."""
+    return [None if t is None else _rows(t) for t in tensors], p > 0, _precision(tensors[0].dtype), _block()
+
+
 def linear_attn_forward(q, k, v, inv_s, pos, heads: int, p: float, eps: float):
-    q, k, v = _rows(q), _rows(k), _rows(v)
-    pos = None if pos is None else _rows(pos)
-    B, N, C = q.shape
-    n = k.shape[1]
-    focus = p > 0
+    (q, k, v, pos), focus, prec, bl = _prepare(p, q, k, v, pos)
+    B, N, n = q.shape[0], q.shape[1], k.shape[1]
     d, dv, blocks = _geometry(q, v, heads, "kv")
-    prec = _precision(q.dtype)
-    bl = _block()
     if focus:
         stats_q, stats_k = _stats(q, None, inv_s, p), _stats(k, pos, inv_s, p)
     else:
         stats_q, stats_k = (torch.zeros(B, 1, 3, dtype=torch.float32, device=q.device) for _ in range(2))
     splits, per = _splits(-(-n // bl), B * heads, q.device)
     part = _empty((B * heads, splits, d, dv + 1), torch.float32, q.device)
-    spb = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
     _k._la_kv_kernel[(B * heads, splits)](
         k, k if pos is None else pos, v, inv_s, stats_k, part, heads, n, d, dv, per,
-        k.stride(0), k.stride(1), spb, 0 if pos is None else pos.stride(1), v.stride(0), v.stride(1), p,
+        k.stride(0), k.stride(1), *_pos_strides(pos), v.stride(0), v.stride(1), p,
         HAS_POS=pos is not None, FOCUS=focus, PRECISION=prec, BLOCK_N=bl, **blocks)
     kvb = part.sum(1).div_(n)
     out = _empty((B, N, heads * dv), v.dtype, q.device)
@@ -95,14 +100,9 @@ def linear_attn_forward(q, k, v, inv_s, pos, heads: int, p: float, eps: float):
 
 
 def linear_attn_backward(dout, q, k, v, inv_s, pos, stats_q, stats_k, kvb, heads: int, p: float, eps: float):
-    q, k, v, dout = _rows(q), _rows(k), _rows(v), _rows(dout)
-    pos = None if pos is None else _rows(pos)
-    B, N, C = q.shape
-    n = k.shape[1]
-    focus = p > 0
+    (q, k, v, dout, pos), focus, prec, bl = _prepare(p, q, k, v, dout, pos)
+    (B, N, C), n = q.shape, k.shape[1]
     d, dv, blocks = _geometry(q, v, heads, "dq")
-    prec = _precision(q.dtype)
-    bl = _block()
     f32 = dict(dtype=torch.float32, device=q.device)
     gq = _empty((B, N, C), **f32)
     # fp32: tf32x3's operand splits need the registers (tiles of 64 spilled 168 B on sm_90a)
@@ -115,11 +115,10 @@ def linear_attn_backward(dout, q, k, v, inv_s, pos, stats_q, stats_k, kvb, heads
     dkvb = part.sum(1)
     gk = _empty((B, n, C), **f32)
     dvo = _empty(v.shape, v.dtype, v.device)
-    spb = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
-    spl = 0 if pos is None else pos.stride(1)
     _k._la_dk_kernel[(-(-n // bl), B * heads)](
         k, k if pos is None else pos, v, inv_s, stats_k, dkvb, gk, dvo, heads, n, d, dv, C,
-        k.stride(0), k.stride(1), spb, spl, v.stride(0), v.stride(1), dvo.stride(0), dvo.stride(1), p, 1.0 / n,
+        k.stride(0), k.stride(1), *_pos_strides(pos), v.stride(0), v.stride(1), dvo.stride(0), dvo.stride(1), p,
+        1.0 / n,
         HAS_POS=pos is not None, FOCUS=focus, PRECISION=prec, BLOCK_N=bl, **_geometry(q, v, heads, "dk")[2])
     if not focus:
         dq, dk, dinv = gq, gk, torch.zeros(C, **f32)
@@ -141,10 +140,9 @@ def _feature_backward(x, pos, inv_s, stats, g, p):
     grid = (-(-L // bt), B)
     dx = _empty((B, L, C), torch.float32, x.device)
     spart = _empty((grid[0] * B, C), torch.float32, x.device)
-    spb = 0 if pos is None or pos.shape[0] == 1 else pos.stride(0)
     _k._la_feat_bwd_kernel[grid](
-        x, x if pos is None else pos, inv_s, stats, g, dx, spart, L, C, x.stride(0), x.stride(1), spb,
-        0 if pos is None else pos.stride(1), p, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C), num_warps=4)
+        x, x if pos is None else pos, inv_s, stats, g, dx, spart, L, C, x.stride(0), x.stride(1),
+        *_pos_strides(pos), p, HAS_POS=pos is not None, BLOCK_T=bt, BLOCK_C=_pow2(C), num_warps=4)
     return dx, spart.sum(0)
 
 

@@ -83,9 +83,10 @@ def _load_stats(STATS, b, rows, row_ok, L):
 
 
 @triton.jit
-def _la_stats_kernel(X, POS, INV_S, STATS, L, C, sxb, sxl, spb, spl, P,
-                     HAS_POS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``STATS[b, l] = (||y||, max y, ||(y / max y)^p||)`` for ``BLOCK_T`` tokens per program."""
+def _row_tile(X, POS, INV_S, L, C, sxb, sxl, spb, spl, P, HAS_POS: tl.constexpr, BLOCK_T: tl.constexpr,
+              BLOCK_C: tl.constexpr):
+    """The whole-row tile of a row kernel (grid ``(tiles of BLOCK_T tokens, B)``): indices, masks, ``x``
+    (+ pos), ``inv_s`` and ``y``."""
     b = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_C)
@@ -93,7 +94,15 @@ def _la_stats_kernel(X, POS, INV_S, STATS, L, C, sxb, sxl, spb, spl, P,
     ok = row_ok[:, None] & (cols < C)[None, :]
     x = _load_x(X, POS, b, rows, cols, ok, sxb, sxl, spb, spl, HAS_POS)
     inv_s = tl.load(INV_S + cols, mask=cols < C, other=1.0)
-    y = _features(x, inv_s[None, :], ok, P, True)
+    return b, rows, cols, row_ok, ok, x, inv_s, _features(x, inv_s[None, :], ok, P, True)
+
+
+@triton.jit
+def _la_stats_kernel(X, POS, INV_S, STATS, L, C, sxb, sxl, spb, spl, P,
+                     HAS_POS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``STATS[b, l] = (||y||, max y, ||(y / max y)^p||)`` for ``BLOCK_T`` tokens per program."""
+    b, rows, cols, row_ok, ok, x, inv_s, y = _row_tile(X, POS, INV_S, L, C, sxb, sxl, spb, spl, P, HAS_POS,
+                                                       BLOCK_T, BLOCK_C)
     r = tl.sqrt(tl.sum(tl.where(ok, y * y, 0.0), 1))
     m = tl.where(row_ok, tl.max(tl.where(ok, y, 0.0), 1), 1.0)  # 1 on rows past the end: no 0 / 0
     t = tl.where(ok, tl.exp2(P * tl.log2(y / m[:, None])), 0.0)
@@ -134,17 +143,28 @@ def _load_kvb(KVB, bh, D, DV, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
 
 
 @triton.jit
+def _split_program(H, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """``(bh, split, b, h, d-range, dv-range)`` of a program of a ``(B * heads, splits)`` grid."""
+    bh = tl.program_id(0)
+    b = bh // H
+    return bh, tl.program_id(1), b, bh - b * H, tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
+
+
+@triton.jit
+def _store_partial(PART, bh, split, blk, col, cd, ce, D, DV):
+    """``PART[bh, split] = [blk | col]`` (``[D, DV + 1]``)."""
+    base = PART + (bh * tl.num_programs(1) + split) * D * (DV + 1) + cd[:, None] * (DV + 1)
+    tl.store(base + ce[None, :], blk, mask=(cd < D)[:, None] & (ce < DV)[None, :])
+    tl.store(PART + (bh * tl.num_programs(1) + split) * D * (DV + 1) + cd * (DV + 1) + DV, col, mask=cd < D)
+
+
+@triton.jit
 def _la_kv_kernel(K, POS, V, INV_S, STATS, PART, H, n, D, DV, TILES_PER_SPLIT,
                   skb, skl, spb, spl, svb, svl, P,
                   HAS_POS: tl.constexpr, FOCUS: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """``PART[bh, split] = sum over the split's keys of phi_k^T [v | 1]`` (``[D, DV + 1]``, fp32)."""
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    cd = tl.arange(0, BLOCK_D)
-    ce = tl.arange(0, BLOCK_DV)
+    bh, split, b, h, cd, ce = _split_program(H, BLOCK_D, BLOCK_DV)
     acc = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
     ksum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for i in range(TILES_PER_SPLIT):
@@ -155,10 +175,7 @@ def _la_kv_kernel(K, POS, V, INV_S, STATS, PART, H, n, D, DV, TILES_PER_SPLIT,
         v = tl.load(V + b * svb + rows[:, None] * svl + h * DV + ce[None, :], mask=vok, other=0.0).to(tl.float32)
         acc += _mma(tl.trans(phi), v, PRECISION)
         ksum += tl.sum(phi, 0)
-    nsplit = tl.num_programs(1)
-    base = PART + (bh * nsplit + split) * D * (DV + 1) + cd[:, None] * (DV + 1)
-    tl.store(base + ce[None, :], acc, mask=(cd < D)[:, None] & (ce < DV)[None, :])
-    tl.store(PART + (bh * nsplit + split) * D * (DV + 1) + cd * (DV + 1) + DV, ksum, mask=cd < D)
+    _store_partial(PART, bh, split, acc, ksum, cd, ce, D, DV)
 
 
 @triton.jit
@@ -186,12 +203,7 @@ def _la_dq_kernel(Q, DOUT, INV_S, STATS, KVB, GQ, PART, H, N, D, DV, C, TILES_PE
                   FOCUS: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Per query tile: ``GQ = dphi_q`` (fp32 ``[B, N, C]``); per split: ``PART = dKVb`` partial sums."""
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    cd = tl.arange(0, BLOCK_D)
-    ce = tl.arange(0, BLOCK_DV)
+    bh, split, b, h, cd, ce = _split_program(H, BLOCK_D, BLOCK_DV)
     kv, kbar = _load_kvb(KVB, bh, D, DV, BLOCK_D, BLOCK_DV)
     dkv = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
     dkbar = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -212,10 +224,7 @@ def _la_dq_kernel(Q, DOUT, INV_S, STATS, KVB, GQ, PART, H, N, D, DV, C, TILES_PE
         tl.store(GQ + (b * N + rows[:, None]) * C + h * D + cd[None, :], g, mask=gok)
         dkv += _mma(tl.trans(w), dn, PRECISION)
         dkbar += tl.sum(w * cn[:, None], 0)
-    nsplit = tl.num_programs(1)
-    base = PART + (bh * nsplit + split) * D * (DV + 1) + cd[:, None] * (DV + 1)
-    tl.store(base + ce[None, :], dkv, mask=(cd < D)[:, None] & (ce < DV)[None, :])
-    tl.store(PART + (bh * nsplit + split) * D * (DV + 1) + cd * (DV + 1) + DV, dkbar, mask=cd < D)
+    _store_partial(PART, bh, split, dkv, dkbar, cd, ce, D, DV)
 
 
 @triton.jit
@@ -246,14 +255,8 @@ def _la_feat_bwd_kernel(X, POS, INV_S, STATS, G, DX, SPART, L, C, sxb, sxl, spb,
                         HAS_POS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """``DX = dL/dy inv_s [x > 0]`` (fp32) from ``G = dL/dphi`` on whole rows; ``SPART[program] =
     sum over its tokens of dL/dy * y`` (the scale gradient's partial sums)."""
-    b = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_C)
-    row_ok = rows < L
-    ok = row_ok[:, None] & (cols < C)[None, :]
-    x = _load_x(X, POS, b, rows, cols, ok, sxb, sxl, spb, spl, HAS_POS)
-    inv_s = tl.load(INV_S + cols, mask=cols < C, other=1.0)
-    y = _features(x, inv_s[None, :], ok, P, True)
+    b, rows, cols, row_ok, ok, x, inv_s, y = _row_tile(X, POS, INV_S, L, C, sxb, sxl, spb, spl, P, HAS_POS,
+                                                       BLOCK_T, BLOCK_C)
     r, m, s = _load_stats(STATS, b, rows, row_ok, L)
     w = _direction(y, m, s, ok, P)
     g = tl.load(G + (b * L + rows[:, None]) * C + cols[None, :], mask=ok, other=0.0)
