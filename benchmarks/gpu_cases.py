@@ -83,14 +83,23 @@ def _na2d_speed(H, W, heads, D, kernel, dilation):
 
 # ---- bra ---------------------------------------------------------------------------------------
 def _bra(B, H, W, heads, D, n_win, topk):
+    """The routed attention with the routing fixed from the case's (low-precision) inputs: top-k region
+    selection is discontinuous, so a float64 reference that routed on its own would pick other regions
+    wherever two affinities round alike (it does at BiFormer-tiny's stage 3 in fp16/bf16). The routing
+    is plain PyTorch (``bra_routing``); the kernels under test take the regions."""
     def build(device, dtype, batch):
-        from visionzoo.ops import bra
+        from visionzoo.ops import _backend, bra_routing
+        from visionzoo.ops.partition import crop, pad_to_size, padded_size
 
         g = torch.Generator().manual_seed(0)
         leaves = [_randn((B or batch, H, W, heads, D), device, dtype, g) for _ in range(3)]
+        idx = bra_routing(leaves[0], leaves[1], n_win, topk)
+        size = padded_size((H, W), n_win)
 
         def fn(q, k, v, backend=None):
-            return bra(q, k, v, n_win, topk, backend=backend)
+            qp, kp, vp = (pad_to_size(t, size) for t in (q, k, v))
+            impl, _ = _backend.resolve("bra", qp, kp, vp, backend=backend, n_win=n_win)
+            return crop(impl(qp, kp, vp, idx, n_win, D ** -0.5, (H, W)), (H, W))
         return fn, leaves
     return build
 
