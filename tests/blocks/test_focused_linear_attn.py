@@ -117,3 +117,15 @@ def test_map_smaller_than_sr_ratio_raises():
     m = FocusedLinearAttn(32, 2, map_size=(8, 8), sr_ratio=4)
     with pytest.raises(ValueError, match="smaller than sr_ratio"):
         m(torch.randn(1, 3, 8, 32))
+
+
+@pytest.mark.parametrize("sr", [1, 2])
+def test_triton_backend_matches_reference(sr):
+    """The block on the Triton kernels (interpreted without CUDA) against the reference backend, fp32."""
+    pytest.importorskip("triton", reason="Triton is not importable, so the triton backend cannot run")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    m = _block(map_size=(8, 6), sr=sr, backend="reference").float().to(device)
+    x = torch.randn(2, 8, 6, 32, device=device)
+    want = m(x)
+    m.backend = "triton"
+    torch.testing.assert_close(m(x), want, atol=1e-4, rtol=1e-4)
