@@ -16,7 +16,9 @@ Inputs: ``q, k, v`` as the ``qkv`` projection gives them (``[8, H, W, C]`` views
   (cached in inference, rebuilt under autograd), :func:`visionzoo.ops.agent_attn` with ``backend="cpu"``,
   ``+ dwc(v)``;
 * ``vz_reference``: the same with the reference backend;
-* ``dense_sdpa``: ``scaled_dot_product_attention`` over all ``H W`` tokens (no bias, no dwc).
+* ``dense_sdpa``: ``scaled_dot_product_attention`` over all ``H W`` tokens (no bias, no dwc);
+* ``op_cpu``: :func:`visionzoo.ops.agent_attn` alone (``backend="cpu"``) on heads-first contiguous
+  ``q, k, v``, given agents and biases: the op's own fwd+bwd / fwd, without the block's shared steps.
 
 All variants of one stage and both modes are timed in the same rounds (same-run ratios). Targets
 (stage 1): ``vz_cpu`` forward >= 1.5x ``plain``; ``vz_cpu`` fwd+bwd <= 3x its forward; peak memory (forward
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from benchmarks import harness
 
 STAGES = {"stage1": (64, 56, 1, 9), "stage2": (128, 28, 2, 16), "stage3": (320, 14, 5, 49), "stage4": (512, 7, 8, 49)}
-VARIANTS = ("vz_cpu", "plain", "vz_reference", "dense_sdpa")
+VARIANTS = ("vz_cpu", "plain", "vz_reference", "dense_sdpa", "op_cpu")
 BATCH = 8
 
 
@@ -67,6 +69,16 @@ def make_call(stage: str, variant: str, mode: str, batch: int = BATCH):
 
     def split():
         return qkv.unflatten(-1, (3, c)).unbind(-2)
+    if variant == "op_cpu":  # the op alone, on its own inputs (agents and biases given): what the op costs
+        from visionzoo.ops import agent_attn
+        qkv.requires_grad_(False)
+        hd = c // heads
+        q, k, v = (t.reshape(batch, s * s, heads, hd).transpose(1, 2).contiguous().requires_grad_(grad)
+                   for t in split())
+        a = torch.randn(batch, heads, agents, hd).requires_grad_(grad)
+        with torch.no_grad():
+            bkv, bq = (b.clone().requires_grad_(grad) for b in m.build_biases(s, s))
+        return harness.op_call(lambda: agent_attn(q, k, v, a, bkv, bq, backend="cpu"), (q, k, v, a, bkv, bq), mode)
     if variant == "plain":
         def op():
             q, k, v = (t.reshape(batch, s * s, c) for t in split())
@@ -126,7 +138,9 @@ def targets(rows: list[dict]) -> list[dict]:
     out = [dict(check="stage1 fwd x plain", value=f["x_plain"], target="≥ 1.5"),
            dict(check="stage1 fwd+bwd / fwd", value=fb["bwd_over_fwd"], target="≤ 3",
                 plain_own=pfb["bwd_over_fwd"]),
-           dict(check="stage1 fwd x dense SDPA", value=f["x_dense"], target="≥ 10")]
+           dict(check="stage1 fwd x dense SDPA", value=f["x_dense"], target="≥ 10"),
+           dict(check="stage1 op alone: fwd+bwd / fwd", value=get("op_cpu", "fwd+bwd")["bwd_over_fwd"],
+                target="≤ 3")]
     for mode, ours, plain in (("fwd", f, pf), ("fwd+bwd", fb, pfb)):
         if "peak_extra_mib" in ours:
             out.append(dict(check=f"stage1 peak MiB {mode} (ours / plain)", value=ours["peak_extra_mib"],

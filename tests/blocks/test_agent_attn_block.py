@@ -9,6 +9,8 @@ from visionzoo.blocks import _create
 from visionzoo.blocks.agent_attn import AgentAttn
 from visionzoo.ops import _backend
 
+from ..ops._backend_tester import device_for
+
 
 def _official(m: AgentAttn, x: torch.Tensor) -> torch.Tensor:
     """The official forward on ``x [b, n, c]`` (square build-time map, sr_ratio 1), step by step:
@@ -109,6 +111,22 @@ def test_bias_cache_follows_parameters():
         m(torch.randn(1, 5, 7, 16))
         m.double()(x.double())
     assert len(m._bias_cache) == 1  # .double() dropped the float32 entries
+
+
+def test_cache_from_inference_mode_serves_frozen_autograd():
+    """Biases cached under inference_mode are not reused where autograd records (a frozen block with an
+    input that requires grad): inference tensors cannot be saved for backward (the Triton op saves the biases)."""
+    _runnable("triton")
+    dev = device_for("triton")
+    m = _block("triton").requires_grad_(False).to(dev)
+    x = torch.randn(1, 6, 6, 16, device=dev)
+    with torch.inference_mode():
+        want = m(x)
+    xg = x.clone().requires_grad_()
+    y = m(xg)
+    y.sum().backward()
+    torch.testing.assert_close(y.detach(), want)
+    assert torch.isfinite(xg.grad).all() and len(m._bias_cache) == 2
 
 
 def test_token_mixer_table():

@@ -130,7 +130,8 @@ class AgentAttn(nn.Module):
         params = [getattr(self, name) for name in _BIASES]
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return tuple(b.to(dtype) for b in self.build_biases(height, width))
-        key = (height, width, params[0].device, dtype)
+        # inference-mode tensors cannot be saved for backward elsewhere: they get entries of their own
+        key = (height, width, params[0].device, dtype, torch.is_inference_mode_enabled())
         stamp = tuple((p.data_ptr(), p._version) for p in params)
         hit = self._bias_cache.get(key)
         if hit is None or hit[0] != stamp:

@@ -30,8 +30,14 @@ fused kernels read each input once and write each output once (the bias tables a
 Constraints: q, k, v with unit last stride (the launcher copies otherwise; biases take any strides);
 ``n <= 64``; head dims <= 256.
 Tested dtypes: fp32 (tf32x3 dots), fp16, bf16 (fp32 accumulation everywhere), under
-``TRITON_INTERPRET=1`` unless a GPU run says otherwise. Known limits: the fp32 atomics make ``dA``,
-``dV_A`` and a batch-shared bias gradient's summation order non-deterministic; no autotuning.
+``TRITON_INTERPRET=1`` and on one H200 (torch 2.11, Triton 3.6: ``tests/ops/test_agent_attn_triton.py``
+passed, opcheck and compile included). Measured there (fp16, Agent-PVT-T stage 1 at batch 32: 32 x 3136
+tokens, 1 head, D 64, 9 agents; CUDA time per call from the profiler): forward 29 us (stage-1 partials
+12, combine 6, stage 2 10; dense SDPA over the 3136 tokens: 231 us), backward 63 us (stage 2 30, stage 1
+33); max error vs the float64 reference 8e-5. At that size a call is bound by host time (custom-op
+dispatch and five launches: ~0.15 ms forward, ~1.3 ms forward + backward wall-clock, about what the
+eager reference takes), not by the kernels. Known limits: the fp32 atomics make ``dA``, ``dV_A`` and a
+batch-shared bias gradient's summation order non-deterministic; no autotuning; host overhead per call.
 """
 import triton
 import triton.language as tl
