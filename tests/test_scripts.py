@@ -233,6 +233,17 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     assert int(read_summary(tmp_path / "c")[0]["train_skipped_samples"]) <= 1
 
 
+def test_training_on_unreadable_data_stops_before_any_checkpoint(tmp_path):
+    data = make_folder(tmp_path / "data", classes=2, train=8, val=4)
+    for img in (data / "train").rglob("*.png"):
+        img.write_bytes(b"not an image")
+    proc = run("train.py", "--data-dir", data, *TINY, "-b", "4", "--epochs", "2", "--output", tmp_path,
+               "--experiment", "none", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "16 of 16 training samples were skipped" in proc.stderr and "--max-skipped" in proc.stderr
+    assert not list((tmp_path / "none").glob("*.pth.tar"))
+
+
 def test_non_finite_loss_stops_with_the_step(data, tmp_path):
     args = ["train.py", "--data-dir", data, *TINY, "-b", "8", "--epochs", "1", "--lr", "1e30", "--opt", "sgd",
             "--output", tmp_path]

@@ -201,6 +201,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="write a recovery checkpoint every N optimizer updates (0: only at epoch ends)")
     g.add_argument("--skip-nonfinite-loss", action="store_true",
                    help="skip optimizer updates whose loss is NaN/inf instead of stopping the run")
+    g.add_argument("--max-skipped", type=float, default=0.5, metavar="FRAC",
+                   help="stop the run when more than this fraction of an epoch's training samples is unreadable "
+                        "or fails its transform (skipped samples are counted and warned about; default 0.5)")
     return p
 
 
@@ -322,6 +325,8 @@ def check_train_args(args) -> None:
         raise UsageError(f"--validation-batch-size must be positive, got {args.validation_batch_size}")
     if args.recovery_interval < 0:
         raise UsageError(f"--recovery-interval must be >= 0, got {args.recovery_interval}")
+    if not 0 <= args.max_skipped < 1:
+        raise UsageError(f"--max-skipped must be in [0, 1), got {args.max_skipped}")
     if args.lr is not None and args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     if args.warmup_epochs < 0 or args.cooldown_epochs < 0:

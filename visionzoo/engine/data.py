@@ -12,7 +12,10 @@ Sources (``--dataset``):
 Two properties that timm's loader does not give:
 * **unreadable samples are skipped and counted**: a corrupt or truncated image logs one warning
   naming the file and is dropped from its batch; the collate function returns how many were dropped,
-  so the loops can report the count (reduced over ranks);
+  so the loops can report the count (reduced over ranks). A transform that raises on a sample (inside
+  a DataLoader worker) is handled the same way, warned once per kind of error, instead of killing the
+  worker and the run; the training loop stops the run if too many samples are skipped;
+* timm's auto-augment runs on current Pillow (:mod:`.augment_compat`);
 * **augmentation is a function of (seed, epoch, index)**: the sampler hands each index its own seed,
   so a batch is the same whichever worker builds it and whether or not the epoch was resumed
   mid-way. That is what makes kill-and-resume reproduce an uninterrupted run.
@@ -31,12 +34,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from . import augment_compat
 from .errors import UsageError
 
 __all__ = ["DIGITS", "SYNTHETIC", "Digits", "SampleDataset", "EpochSampler", "build_dataset", "build_loader",
            "check_data_args", "collate_skip", "find_split_dir"]
 
 _logger = logging.getLogger(__name__)
+augment_compat.install()
 
 DIGITS = ("digits", "sklearn/digits")
 SYNTHETIC = "synthetic"
@@ -267,6 +272,7 @@ class SampleDataset(torch.utils.data.Dataset):
     def __init__(self, source, transform=None, img_mode: str | None = "RGB"):
         self.source, self.transform, self.img_mode = source, transform, img_mode
         self._warned: set[int] = set()
+        self._warned_transform: set[str] = set()
 
     @property
     def classes(self):
@@ -292,11 +298,19 @@ class SampleDataset(torch.utils.data.Dataset):
                                 type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return None
         if self.transform is not None and isinstance(img, Image.Image):
-            if seed is None:
-                img = self.transform(img)
-            else:
-                with _seeded(seed):
+            try:
+                if seed is None:
                     img = self.transform(img)
+                else:
+                    with _seeded(seed):
+                        img = self.transform(img)
+            except Exception as e:  # noqa: BLE001 - an augmentation bug on one sample: skip it, never the run
+                kind = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if kind not in self._warned_transform:
+                    self._warned_transform.add(kind)
+                    _logger.warning("skipping sample %s: the transform failed (%s); further samples failing the "
+                                    "same way are skipped and counted silently", self.source.describe(index), kind)
+                return None
         return img, target
 
 

@@ -1,7 +1,7 @@
 """Errors the CLIs turn into a one-line message and an exit status instead of a traceback."""
 from __future__ import annotations
 
-__all__ = ["UsageError", "NonFiniteLossError", "TrainingInterrupted"]
+__all__ = ["UsageError", "NonFiniteLossError", "TrainingInterrupted", "DataError"]
 
 
 class UsageError(ValueError):
@@ -14,3 +14,8 @@ class NonFiniteLossError(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM / SIGINT arrived; a recovery checkpoint was written at the step boundary."""
+
+
+class DataError(RuntimeError):
+    """Too many samples of an epoch could not be read or transformed (none at all, or more than
+    ``--max-skipped``); raised before that epoch's checkpoint is written."""

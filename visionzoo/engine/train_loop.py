@@ -36,7 +36,7 @@ from . import checkpoint as ckpt_mod
 from . import data as vzdata
 from . import distributed as vzdist
 from .args import args_to_yaml, check_train_args, parse_args, resolve_amp_dtype, train_parser
-from .errors import NonFiniteLossError, TrainingInterrupted, UsageError
+from .errors import DataError, NonFiniteLossError, TrainingInterrupted, UsageError
 from .evaluate import autocast, evaluate
 from .modeling import build_model
 from .plot import plot_summary
@@ -404,6 +404,11 @@ class Trainer:
         self.meters["seconds"] += time.perf_counter() - t_start
         loss_sum, samples, skipped, skipped_updates, seconds = vzdist.all_reduce_sum(
             [self.meters[k] for k in ("loss_sum", "samples", "skipped", "skipped_updates", "seconds")], info)
+        attempted = samples + skipped
+        if not samples or skipped > args.max_skipped * attempted:
+            raise DataError(f"epoch {epoch}: {int(skipped)} of {int(attempted)} training samples were skipped "
+                            f"(unreadable, or their transform failed; see the warnings), over --max-skipped "
+                            f"{args.max_skipped}; fix the data or raise --max-skipped")
         metrics = OrderedDict(loss=loss_sum / samples if samples else float("nan"),
                               samples_per_sec=samples / (seconds / info.world_size) if seconds else float("nan"),
                               skipped_samples=int(skipped))
@@ -546,7 +551,7 @@ def train_main(argv=None) -> int:
         if info.primary:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, DataError) as e:
         if info.primary:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
