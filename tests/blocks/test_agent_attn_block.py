@@ -148,3 +148,29 @@ def test_bad_arguments_raise(kwargs, match):
     args = dict(dim=16, num_heads=2, map_size=(6, 6)) | kwargs
     with pytest.raises(ValueError, match=match):
         AgentAttn(args.pop("dim"), args.pop("num_heads"), **args)
+
+
+def test_compiles_fullgraph_like_eager():
+    """torch.compile traces the whole block (the bias cache steps aside while compiling) with the
+    same output and gradients."""
+    _backend.preload()  # compile cannot trace a first-time import
+    m = _block("cpu")
+    x = torch.randn(2, 5, 7, 16, requires_grad=True)
+    y = m(x)
+    grads = torch.autograd.grad(y.square().sum(), [x, m.an_bias, m.wa_bias])
+    torch._dynamo.reset()
+    yc = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
+    grads_c = torch.autograd.grad(yc.square().sum(), [x, m.an_bias, m.wa_bias])
+    torch.testing.assert_close(yc, y)
+    for a, b in zip(grads_c, grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_bfloat16_block_follows_float32():
+    m = _block("cpu").eval()
+    x = torch.randn(2, 7, 5, 16)
+    with torch.no_grad():
+        want = m(x)
+        got = m.to(torch.bfloat16)(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.1)
