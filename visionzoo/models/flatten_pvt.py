@@ -22,8 +22,9 @@ layers drop the remainder) and both position tables are bilinearly interpolated 
 tables resized at load time as the official fine-tuning loader does (``positional_encoding`` bicubic;
 ``pos_embed``, which that loader leaves alone, bilinear as the forward interpolates it).
 
-Shared with :mod:`~visionzoo.models.flatten_pvt_v2` and :mod:`~visionzoo.models.flatten_swin`: the
-'L' mixer config (:func:`focused_mixer`), PVT's build-time maps (:func:`pvt_maps`) and the official
+Shared with :mod:`~visionzoo.models.flatten_pvt_v2` and :mod:`~visionzoo.models.flatten_swin`: the PVT
+hyperparameters (:class:`FocusedPVTCfg`), the 'L' mixer config (:func:`focused_mixer`), PVT's build-time
+maps (:func:`pvt_maps`), the official PVT arguments (:func:`official_common`) and the official
 ``q`` / ``kv`` -> ``qkv`` merge and table resizing of the converters (:func:`official_filter`).
 """
 from __future__ import annotations
@@ -42,8 +43,8 @@ from ._base import pretrained_cfg
 from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
 
-__all__ = ["FLattenPVTCfg", "VARIANTS", "checkpoint_filter_fn", "focused_mixer", "pvt_maps", "official_filter",
-           "PAPER", "ORIGIN"]
+__all__ = ["FocusedPVTCfg", "FLattenPVTCfg", "VARIANTS", "checkpoint_filter_fn", "focused_mixer", "pvt_maps",
+           "official_filter", "official_common", "register_flatten", "PVT_ARGS", "PVT_RULES", "PAPER", "ORIGIN"]
 
 PAPER = ("FLatten Transformer: Vision Transformer using Focused Linear Attention", "arXiv:2308.00442")
 ORIGIN = "https://github.com/LeapLabTHU/FLatten-Transformer"
@@ -69,7 +70,9 @@ def check_img_size(cfg) -> None:
 
 
 @dataclass(frozen=True)
-class FLattenPVTCfg:
+class FocusedPVTCfg:
+    """The hyperparameters both FLatten PVT generations share (every stage 'L'); :class:`FLattenPVTCfg` and
+    :class:`~visionzoo.models.flatten_pvt_v2.FLattenPVTv2Cfg` give the layout (``arch()``)."""
     depths: tuple[int, ...] = (2, 2, 2, 2)
     widths: tuple[int, ...] = (64, 128, 320, 512)  # official embed_dims
     num_heads: tuple[int, ...] = (1, 2, 5, 8)
@@ -79,9 +82,8 @@ class FLattenPVTCfg:
     focusing_factor: int = 3
     kernel_size: int = 5  # the depthwise conv on V
     qkv_bias: bool = True
-    patch_size: int = 4
-    img_size: int = 224  # build-time input side: sizes pos_embed and positional_encoding
-    norm_eps: float = 1e-6  # the blocks' LayerNorms (official norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    img_size: int = 224  # build-time input side: sizes the position tables
+    norm_eps: float = 1e-6  # block (and PVTv2 stage) LayerNorms: official norm_layer=partial(nn.LayerNorm, eps=1e-6)
 
     def __post_init__(self):
         per_stage(self, "depths", "widths", "num_heads", "mlp_ratios", "la_sr_ratios", heads="num_heads")
@@ -89,11 +91,22 @@ class FLattenPVTCfg:
         self.arch()
 
     def arch(self) -> HierarchicalCfg:
-        maps = pvt_maps(self.img_size, len(self.depths), self.patch_size)
-        stages = tuple(StageCfg(d, w, h, focused_mixer(m, self.focusing_factor, self.kernel_size, sr, self.qkv_bias),
-                                BlockCfg(r, norm_eps=self.norm_eps), pos_embed=(m, m))
-                       for d, w, h, r, sr, m in zip(self.depths, self.widths, self.num_heads, self.mlp_ratios,
-                                                    self.la_sr_ratios, maps))
+        raise NotImplementedError(f"{type(self).__name__}.arch")
+
+    def stages(self, maps: tuple[int, ...], mlp_layer: str, pos_embed: bool) -> tuple[StageCfg, ...]:
+        """One 'L' stage per entry, sized by the build-time ``maps``; ``pos_embed``: PVT v1's per-stage table."""
+        return tuple(StageCfg(d, w, h, focused_mixer(m, self.focusing_factor, self.kernel_size, sr, self.qkv_bias),
+                              BlockCfg(r, mlp_layer, norm_eps=self.norm_eps), pos_embed=(m, m) if pos_embed else None)
+                     for d, w, h, r, sr, m in zip(self.depths, self.widths, self.num_heads, self.mlp_ratios,
+                                                  self.la_sr_ratios, maps))
+
+
+@dataclass(frozen=True)
+class FLattenPVTCfg(FocusedPVTCfg):
+    patch_size: int = 4  # the first patch embed's conv (later stages: 2x2 s2)
+
+    def arch(self) -> HierarchicalCfg:
+        stages = self.stages(pvt_maps(self.img_size, len(self.depths), self.patch_size), "mlp", pos_embed=True)
         return HierarchicalCfg(stages, StemCfg("patch", self.patch_size), "patch_ln", final_norm="layernorm_unapplied")
 
 
@@ -157,14 +170,15 @@ def official_filter(rules: list) -> Callable:
     return checkpoint_filter_fn
 
 
-_RULES = [
+#: official PVT (v1 and v2) keys: ``patch_embed{i}``, ``block{i}.{j}``, ``head`` (1-based stages) -> ours
+PVT_RULES = [
     (r"^patch_embed1\.", "stem."),
     (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample."),
-    (r"^pos_embed(\d)$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed"),
     (r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
     (r"^head\.", "head.fc."),
 ]
-checkpoint_filter_fn = official_filter(_RULES)
+checkpoint_filter_fn = official_filter(
+    PVT_RULES + [(r"^pos_embed(\d)$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed")])
 checkpoint_filter_fn.__doc__ = """visionzoo or official (``PyramidVisionTransformer`` of ``flatten_pvt.py``, bare or
 ``{"model": ...}``) keys -> visionzoo keys; ``q`` / ``kv`` merged into ``qkv``, position tables of another
 ``img_size`` resized."""
@@ -235,15 +249,20 @@ def tiny(cfg) -> dict:
     return dict(depths=(1, 1, 1, 1), widths=(16, 32, 48, 64), num_heads=(1, 2, 3, 4))
 
 
-def family_meta(names, top1: dict) -> dict:
-    return {n: dict(official_params_key=n, **(dict(top1=top1[n], top1_source="FLatten-Transformer README")
-                                              if n in top1 else {})) for n in names}
+def register_flatten(module: str, family: str, variants: dict, filter_fn, official, paper: str, top1: dict,
+                     sizes: dict | None = None, tiny=tiny, **extra) -> None:
+    """Register a FLatten family: official facts (``top1``: name -> official README top-1, only for released
+    weights), the ``official`` translator, hub configs at ``sizes.get(name, 224)``, the contract tests' ``tiny``."""
+    sizes = sizes or {}
+    register_family(
+        module, family, HierarchicalNet, variants,
+        {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
+                           license="unknown", size=sizes.get(n, 224), crop_pct=1.0 if n in sizes else 0.875)
+         for n in variants},
+        filter_fn, official={family: official}, paper=paper, tiny=tiny,
+        meta={n: dict(official_params_key=n, **(dict(top1=top1[n], top1_source="FLatten-Transformer README")
+                                                  if n in top1 else {})) for n in variants}, **extra)
 
 
-register_family(
-    __name__, "flatten_pvt", HierarchicalNet, VARIANTS,
-    {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
-                       license="other") for n in VARIANTS},
-    checkpoint_filter_fn, meta=family_meta(VARIANTS, _TOP1), official={"flatten_pvt": _official},
-    paper="FLatten-PVT (focused linear attention)", tiny=tiny, aliases={"embed_dims": "widths"},
-)
+register_flatten(__name__, "flatten_pvt", VARIANTS, checkpoint_filter_fn, _official,
+                 "FLatten-PVT (focused linear attention)", _TOP1, aliases={"embed_dims": "widths"})

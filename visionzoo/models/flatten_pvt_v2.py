@@ -19,53 +19,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ._base import pretrained_cfg
-from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, StageCfg, StemCfg, per_stage
-from ._registry import register_family
-from .flatten_pvt import (PVT_ARGS, ORIGIN, PAPER, check_img_size, family_meta, focused_mixer, official_common,
-                          official_filter, pvt_maps, tiny)
+from ._hierarchical import HierarchicalCfg, StemCfg
+from .flatten_pvt import (PVT_ARGS, PVT_RULES, FocusedPVTCfg, official_common, official_filter, pvt_maps,
+                          register_flatten)
 
 __all__ = ["FLattenPVTv2Cfg", "VARIANTS", "checkpoint_filter_fn"]
 
 
 @dataclass(frozen=True)
-class FLattenPVTv2Cfg:
-    depths: tuple[int, ...] = (2, 2, 2, 2)
-    widths: tuple[int, ...] = (64, 128, 320, 512)  # official embed_dims
-    num_heads: tuple[int, ...] = (1, 2, 5, 8)
-    mlp_ratios: tuple[float, ...] = (8, 8, 4, 4)
-    #: spatial reduction of the linear attention's K/V per stage (official la_sr_ratios, '1111' as built)
-    la_sr_ratios: tuple[int, ...] = (1, 1, 1, 1)
-    focusing_factor: int = 3
-    kernel_size: int = 5  # the depthwise conv on V
-    qkv_bias: bool = True
-    img_size: int = 224  # build-time input side: sizes positional_encoding
-    norm_eps: float = 1e-6  # block and stage-closing LayerNorms (official norm_layer=partial(nn.LayerNorm, eps=1e-6))
-
-    def __post_init__(self):
-        per_stage(self, "depths", "widths", "num_heads", "mlp_ratios", "la_sr_ratios", heads="num_heads")
-        check_img_size(self)
-        self.arch()
-
+class FLattenPVTv2Cfg(FocusedPVTCfg):
     def arch(self) -> HierarchicalCfg:
-        maps = pvt_maps(self.img_size, len(self.depths))
-        stages = tuple(StageCfg(d, w, h, focused_mixer(m, self.focusing_factor, self.kernel_size, sr, self.qkv_bias),
-                                BlockCfg(r, "dwconv_mlp", norm_eps=self.norm_eps))
-                       for d, w, h, r, sr, m in zip(self.depths, self.widths, self.num_heads, self.mlp_ratios,
-                                                    self.la_sr_ratios, maps))
+        stages = self.stages(pvt_maps(self.img_size, len(self.depths)), "dwconv_mlp", pos_embed=False)
         return HierarchicalCfg(stages, StemCfg("overlap_ln"), "overlap_ln", final_norm="none",
                                stage_norm="layernorm", stage_norm_eps=self.norm_eps)
 
 
-_RULES = [
-    (r"^patch_embed1\.", "stem."),
-    (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample."),
+checkpoint_filter_fn = official_filter(PVT_RULES + [
     (r"^norm(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.norm."),
-    (r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
     (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
-    (r"^head\.", "head.fc."),
-]
-checkpoint_filter_fn = official_filter(_RULES)
+])
 checkpoint_filter_fn.__doc__ = """visionzoo or official (``PyramidVisionTransformerV2`` of ``flatten_pvt_v2.py``, bare
 or ``{"model": ...}``) keys -> visionzoo keys; ``q`` / ``kv`` merged into ``qkv``, ``positional_encoding``
 of another ``img_size`` resized."""
@@ -93,10 +65,5 @@ VARIANTS = {
 #: official top-1 (ImageNet-1k, 224) of the released weights (only FLatten-PVTv2-B0 was released)
 _TOP1 = {"flatten_pvt_v2_b0": 71.1}
 
-register_family(
-    __name__, "flatten_pvt_v2", HierarchicalNet, VARIANTS,
-    {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
-                       license="other") for n in VARIANTS},
-    checkpoint_filter_fn, meta=family_meta(VARIANTS, _TOP1), official={"flatten_pvt_v2": _official},
-    paper="FLatten-PVTv2 (focused linear attention)", tiny=tiny, aliases={"embed_dims": "widths"},
-)
+register_flatten(__name__, "flatten_pvt_v2", VARIANTS, checkpoint_filter_fn, _official,
+                 "FLatten-PVTv2 (focused linear attention)", _TOP1, aliases={"embed_dims": "widths"})

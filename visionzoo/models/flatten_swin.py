@@ -25,10 +25,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from .. import convert
-from ._base import pretrained_cfg
-from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
-from ._registry import register_family
-from .flatten_pvt import ORIGIN, PAPER, check_img_size, family_meta, focused_mixer, official_filter
+from ._hierarchical import BlockCfg, HierarchicalCfg, MixerCfg, StageCfg, StemCfg, per_stage
+from .flatten_pvt import check_img_size, focused_mixer, official_filter, register_flatten
 
 __all__ = ["FLattenSwinCfg", "VARIANTS", "checkpoint_filter_fn"]
 
@@ -152,15 +150,10 @@ _TOP1 = {"flatten_swin_tiny": 82.1, "flatten_swin_small": 83.5, "flatten_swin_ba
 
 def tiny(cfg: FLattenSwinCfg) -> dict:
     """16..128 wide, one block per stage, head dim 16; keeps the variant's attn_type, window and img_size
-    (two blocks in the last 'S' stage so the shifted branch runs)."""
+    (two blocks in stage 3 so a shifted block exists)."""
     return dict(depths=(1, 1, 2, 1), embed_dim=16, num_heads=(1, 2, 4, 8))
 
 
-register_family(
-    __name__, "flatten_swin", HierarchicalNet, VARIANTS,
-    {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
-                       license="other", **(dict(size=384, crop_pct=1.0) if n.endswith("_384") else {}))
-     for n in VARIANTS},
-    checkpoint_filter_fn, meta=family_meta(VARIANTS, _TOP1), official={"flatten_swin": _official},
-    paper="FLatten-Swin (focused linear attention + Swin windows)", tiny=tiny,
-)
+register_flatten(__name__, "flatten_swin", VARIANTS, checkpoint_filter_fn, _official,
+                 "FLatten-Swin (focused linear attention + Swin windows)", _TOP1, sizes={"flatten_swin_base_384": 384},
+                 tiny=tiny)
