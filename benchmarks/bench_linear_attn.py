@@ -4,6 +4,7 @@ PyTorch (its May-2024 normalised form, focusing included) at FLatten-PVT-T stage
 
     python -m benchmarks.bench_linear_attn            # 9 rounds
     python -m benchmarks.bench_linear_attn --quick    # 5 rounds
+    python -m benchmarks.bench_linear_attn --threads 1   # one torch thread (steadier on a shared host)
 
 Stage shapes (batch 8, fp32, p = 3, learnable scale and positional encoding, n = N as FLatten-PVT's
 ``la_sr_ratios='1111'``): 56 x 56 tokens C = 64 one head; 28 x 28 tokens C = 128 two heads. Both modes of
@@ -151,7 +152,11 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="5 rounds")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default torch's); on a shared 2-core host 1 thread gives steadier ratios")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rounds = args.rounds or (5 if args.quick else 9)
     rows = bench_stages(rounds, memory=not args.no_memory)
     dense = bench_dense(max(3, rounds // 2))

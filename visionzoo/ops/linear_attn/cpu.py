@@ -88,11 +88,21 @@ def _head_views(t, heads):
     return t.unflatten(-1, (heads, -1)).unbind(-2)
 
 
-def _forward(q, k, v, heads, p, inv_s, pos, eps, keep):
-    dt = inv_s.dtype
-    B, N, C = q.shape
-    n, Cv = v.shape[1], v.shape[2]
-    dv = Cv // heads
+#: inference runs the passes over token chunks of about this many fp32 bytes (all images at once), so a
+#: chunk's ~8 elementwise passes and its GEMM reuse L2 instead of streaming whole maps from memory
+CHUNK_BYTES = 1 << 20
+
+
+def _spans(L: int, row_bytes: int, whole: bool) -> list[tuple[int, int]]:
+    step = L if whole else max(64, CHUNK_BYTES // row_bytes)
+    return [(i, min(L, i + step)) for i in range(0, L, step)]
+
+
+def _key_side(k, v, pos, heads, p, inv_s, keep, kvb):
+    """Adds ``t_k^T [c_k v | c_k]`` of these keys into ``kvb [heads, B, d, dv + 1]``; returns what the
+    backward keeps (full key range only)."""
+    B, n, Cv = v.shape
+    dt, dv = inv_s.dtype, Cv // heads
     kp = k if pos is None else k + pos
     if p is None:
         yk, tk, ck, rk, Tk = None, kp.to(dt), torch.ones(B, n, 1, dtype=dt, device=k.device), None, None
@@ -102,25 +112,46 @@ def _forward(q, k, v, heads, p, inv_s, pos, eps, keep):
     vc = torch.empty(B, n, heads, dv + 1, dtype=dt, device=v.device)
     torch.mul(v.unflatten(-1, (heads, dv)), ck.unsqueeze(-1), out=vc[..., :dv])
     vc[..., dv] = ck
-    kvb = torch.stack([torch.bmm(tkh.transpose(1, 2), vc[:, :, i]) for i, tkh in enumerate(_head_views(tk, heads))],
-                      1).div_(n)  # [B, heads, d, dv + 1]
-    del vc
+    for i, tkh in enumerate(_head_views(tk, heads)):
+        kvb[i].baddbmm_(tkh.transpose(1, 2), vc[:, :, i])
+    return None if p is None else kp, yk, tk, rk, Tk, ck
+
+
+def _query_side(q, heads, p, inv_s, eps, keep, kvb, out, den):
+    """``out`` and ``den`` (views of these queries' rows) from ``kvb [B, heads, d, dv + 1]``."""
+    B, N, _ = q.shape
+    dt, dv = inv_s.dtype, out.shape[-1]
     if p is None:
         yq, tq, rq, Tq = None, q.to(dt), None, None
         eps_q = torch.full((B, N, 1), eps, dtype=dt, device=q.device)
     else:
         yq, tq, rq, Tq = _features(q, inv_s, p, keep)
         eps_q = Tq / rq * eps
-    out = torch.empty(B, N, heads, dv, dtype=dt, device=q.device)
-    den = torch.empty(B, N, heads, dtype=dt, device=q.device)
     for i, tqh in enumerate(_head_views(tq, heads)):
         nd = torch.bmm(tqh, kvb[:, i])
         torch.add(nd[..., dv], eps_q[..., 0], out=den[..., i])
         torch.div(nd[..., :dv], den[..., i, None], out=out[:, :, i])
+    return yq, tq, rq, Tq
+
+
+def _forward(q, k, v, heads, p, inv_s, pos, eps, keep):
+    dt = inv_s.dtype
+    B, N, C = q.shape
+    n, Cv = v.shape[1], v.shape[2]
+    dv = Cv // heads
+    kvb = torch.zeros(heads, B, C // heads, dv + 1, dtype=dt, device=q.device)
+    for j0, j1 in _spans(n, 4 * B * max(C, Cv), keep):
+        kept = _key_side(k[:, j0:j1], v[:, j0:j1], None if pos is None else pos[:, j0:j1], heads, p, inv_s, keep,
+                         kvb)
+    kvb = kvb.div_(n).transpose(0, 1)  # [B, heads, d, dv + 1]
+    out = torch.empty(B, N, heads, dv, dtype=dt, device=q.device)
+    den = torch.empty(B, N, heads, dtype=dt, device=q.device)
+    for i0, i1 in _spans(N, 4 * B * max(C, Cv), keep):
+        q_kept = _query_side(q[:, i0:i1], heads, p, inv_s, eps, keep, kvb, out[:, i0:i1], den[:, i0:i1])
     out = out.view(B, N, Cv)
     if not keep:
         return out.to(v.dtype), None
-    return out.to(v.dtype), (yq, tq, rq, Tq, None if p is None else kp, yk, tk, rk, Tk, ck, kvb, out, den)
+    return out.to(v.dtype), (*q_kept, *kept, kvb, out, den)
 
 
 def _cat_heads(parts):
