@@ -1,6 +1,6 @@
 """Agent-Swin / Agent-PVT on CPU against their timm anchors, and the Agent-PVT training step.
 
-    .venv/bin/python benchmarks/bench_agent.py [--rounds 5] [--batch 8] [--train-batch 8] [--warmup 1]
+    .venv/bin/python benchmarks/bench_agent.py [--rounds 5] [--batch 8] [--train-batch 8] [--warmup 1] [--threads 1]
 
 Times (1) forward img/s (eval, inference mode, random weights: only the speed is compared) of
 ``agent_swin_tiny`` against timm's ``swin_tiny_patch4_window7_224`` at 224 and against the same Swin built with
@@ -10,7 +10,12 @@ once per map size and cached), targets >= 1.0x and >= 1.3x Swin's img/s; ``agent
 ``agent_pvt_tiny`` with the op backends as shipped (automatic: ``cpu`` here) against the same model on the
 ``reference`` backend (the official formulation written plainly), target: no slower. Each table's variants
 and the GEMM yardstick are timed round-robin in the same rounds; results go to
-``benchmarks/results/agent.json``.
+``benchmarks/results/agent.json`` (``agent_threads1.json`` with ``--threads 1``).
+
+On a host whose cores are shared with other jobs, ``--threads 1`` gives the steadier ratio: with two torch
+threads every parallel op waits for both, so a preempted worker adds a scheduler slice to each of the many
+small ops of an attention block (measured at load ~8 on 2 vCPUs: ~15 ms for any op of an AgentAttn call,
+whatever its size).
 """
 from __future__ import annotations
 
@@ -46,7 +51,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     fwd_rows = []
     for ours, anchor, anchor_kwargs, size, target in FORWARD:
@@ -79,7 +87,8 @@ def main(argv=None) -> int:
     print(markdown_table(fwd_rows, list(fwd_rows[0])))
     print("\ntraining step (fwd + bwd + SGD): op backends as shipped vs the reference backend\n")
     print(markdown_table(train_rows, list(train_rows[0])))
-    write_json("agent", dict(machine=machine_info(), args=vars(args), forward=fwd_rows, train=train_rows))
+    name = f"agent_threads{args.threads}" if args.threads else "agent"
+    write_json(name, dict(machine=machine_info(), args=vars(args), forward=fwd_rows, train=train_rows))
     return 0
 
 
