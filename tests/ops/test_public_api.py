@@ -8,7 +8,7 @@ import pytest
 
 import visionzoo.ops as ops
 
-FRONT_DOORS = ("na1d", "na2d", "bra", "bra_routing", "halo_attn", "lka")
+FRONT_DOORS = ("na1d", "na2d", "bra", "bra_routing", "halo_attn", "lka", "linear_attn", "agent_attn")
 
 
 def test_front_doors_import():

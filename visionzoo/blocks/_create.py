@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .agent_attn import AgentAttn
+from .focused_linear_attn import FocusedLinearAttn
 from .hilo_attn import HiLoAttn
 from .large_kernel_attn import VanAttn
 from .neighborhood_attn import NeighborhoodAttn2d
@@ -31,7 +33,9 @@ TOKEN_MIXERS: dict[str, Callable[..., nn.Module] | None] = {
     "global_lepe": GlobalAttnLePE,  # global attention with LePE (BiFormer's last stage)
     "lka": VanAttn,  # large-kernel attention with VAN's projections and inner shortcut
     "hilo": HiLoAttn,  # HiLo: s x s window heads + average-pooled global heads (LITv2)
+    "focused_linear": FocusedLinearAttn,  # focused linear attention + shared DW conv on v (FLatten)
     "swin": SwinWindowAttn,  # Swin (shifted) window attention with its bias table (FLatten / Agent Swin)
+    "agent": AgentAttn,  # agent attention with the official position biases and dwc(v) (Agent-PVT / Agent-Swin)
 }
 
 _RUNTIME_DEFAULTS = {"attn_drop": 0.0, "proj_drop": 0.0, "backend": None}

@@ -8,15 +8,19 @@ Front doors (token maps are channels-last, ``[B, H, W, heads, D]``):
   :func:`swin_rpb_to_na` / :func:`na_rpb_to_swin` for Swin's relative-position-bias tables;
 * :func:`bra`, :func:`bra_routing`: bi-level routing attention and its routing step;
 * :func:`halo_attn`: halo (blocked local) attention;
-* :func:`lka`: the two depthwise convolutions of VAN's large-kernel attention (``[B, C, H, W]``).
+* :func:`lka`: the two depthwise convolutions of VAN's large-kernel attention (``[B, C, H, W]``);
+* :func:`linear_attn`: (focused) linear attention over token sequences (``[B, N, C]``, FLatten);
+* :func:`agent_attn`: agent attention, two softmax stages through ``n`` agents (``[B, heads, N, D]``).
 
 Backend control: :func:`use_backend`, :func:`current_backend`, :data:`BACKENDS`,
 :class:`BackendUnavailable`, :func:`triton_unavailable`. Importing this package never imports
 Triton: kernels load on first use.
 """
 from ._backend import BACKENDS, BackendUnavailable, current_backend, triton_unavailable, use_backend
+from .agent_attn import agent_attn
 from .halo import halo_attn
 from .lka import lka
+from .linear_attn import linear_attn
 from . import partition
 from .neighborhood import na1d, na2d, na_rpb_to_swin, swin_rpb_to_na
 from .routing import bra, bra_routing
@@ -30,6 +34,8 @@ __all__ = [
     "bra_routing",
     "halo_attn",
     "lka",
+    "linear_attn",
+    "agent_attn",
     "partition",
     "BACKENDS",
     "BackendUnavailable",
