@@ -95,7 +95,7 @@ class Backbone(nn.Module):
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing:
             if isinstance(stage, Stage):  # checkpoint block by block
-                return stage.norm(checkpoint_seq(stage.blocks, stage.downsample(x)))
+                return stage.norm(checkpoint_seq(stage.blocks, stage.enter(x)))
             return checkpoint_seq(stage, x) if isinstance(stage, nn.Sequential) else \
                 torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
         return stage(x)
@@ -205,11 +205,15 @@ class Stage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.norm = nn.Identity() if norm is None else norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """What runs before the blocks: the downsample, then the position embedding and its dropout."""
         x = self.downsample(x)
         if self.pos_embed is not None:
             x = self.pos_drop(add_abs_pos_embed(x, self.pos_embed, self.pos_embed_size))
-        return self.norm(self.blocks(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.enter(x)))
 
 
 def drop_path_rates(rate: float, depths: Iterable[int]) -> list[list[float]]:

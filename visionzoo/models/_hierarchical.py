@@ -275,8 +275,10 @@ class HierarchicalNet(Backbone):
         stages = []
         for i, (stage, dpr) in enumerate(zip(arch.stages, drop_path_rates(drop_path_rate, arch.depths))):
             if i == 0 or down is None:
-                # the official dropout after the stem sits in stage 0's (otherwise empty) downsample slot
-                downsample = nn.Dropout(proj_drop_rate) if i == 0 and proj_drop_rate > 0 else nn.Identity()
+                # the official dropout after the stem sits in stage 0's (otherwise empty) downsample slot, unless
+                # the stage adds a position embedding (PVT v1: one dropout, after the embedding)
+                stem_drop = i == 0 and proj_drop_rate > 0 and stage.pos_embed is None
+                downsample = nn.Dropout(proj_drop_rate) if stem_drop else nn.Identity()
             else:
                 downsample = down(widths[i - 1], stage.width, dd)
             blk = stage.block
