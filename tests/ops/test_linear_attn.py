@@ -106,6 +106,24 @@ def test_cpu_inference_chunks_equal_the_autograd_path(monkeypatch, pos_batch):
     _testing.assert_close(plain, linear_attn(q.detach(), k, v, **kw | dict(backend="reference")))
 
 
+@pytest.mark.parametrize("focusing_factor,pos_batch", [(3.0, 1), (2.5, 2), (None, 1)])
+def test_cpu_chunked_backward(monkeypatch, focusing_factor, pos_batch):
+    """The cpu backward over 64-token chunks (5 of the queries, 3 of the keys) gives the reference's gradients."""
+    from visionzoo.ops.linear_attn import cpu
+    monkeypatch.setattr(cpu, "CHUNK_BYTES", 1024)
+    q, k, v, scale, pos = _inputs(2, 300, 150, 16, 8, pos_batch)
+    if focusing_factor is None:
+        q, k, pos, scale = q.abs(), k.abs(), pos.abs(), None
+    grads = {}
+    for backend in ("cpu", "reference"):
+        leaves = [t if t is None else t.clone().requires_grad_() for t in (q, k, v, scale, pos)]
+        out = linear_attn(*leaves[:3], num_heads=2, focusing_factor=focusing_factor, scale=leaves[3], pos=leaves[4],
+                          backend=backend)
+        given = [t for t in leaves if t is not None]
+        grads[backend] = dict(zip(("out", *NAMES), (out, *torch.autograd.grad(out.square().sum(), given))))
+    _testing.assert_all_close(grads["cpu"], grads["reference"])
+
+
 def test_cpu_compiles_like_eager():
     """Under torch.compile the cpu backend steps aside for the reference formulation (plain ATen ops)."""
     from ._backend_tester import assert_compiles_like_eager

@@ -76,7 +76,7 @@ def _features_backward(g, factor, x, y, t, r, T, p):
 
         dL/dy = (p r / T) (t / y) (g - (a / T) t) + (a / r) y,   a = dL/dphi . t / T
     """
-    a2 = (g * t).sum(-1, keepdim=True)  # a p r / factor
+    a2 = torch.einsum("blc,blc->bl", g, t).unsqueeze(-1)  # a p r / factor (einsum: one pass, no product map)
     a = a2 * (factor / p) / r  # dL/dphi . t / T = a2 T / (p r / factor) / T
     e = g.addcmul_(t, a2 / (T * T), value=-1).mul_(t).div_(y).addcmul_(y, a / (r * factor))
     w = (e * y).sum((0, 1))
@@ -159,35 +159,54 @@ def _cat_heads(parts):
 
 
 def _backward(dout, q, v, heads, p, inv_s, pos, saved):
+    """Gradients over token chunks (as the inference forward): the queries' chunks give ``dq`` and add
+    into ``dKVb``, then the keys' chunks give ``dk`` and ``dv``."""
     yq, tq, rq, Tq, kp, yk, tk, rk, Tk, ck, kvb, out, den = saved
     dt = inv_s.dtype
     B, N, C = q.shape
     n, Cv = v.shape[1], v.shape[2]
     dv = Cv // heads
-    dout = dout.to(dt).view(B, N, heads, dv)
-    # dd = D / den' (den' = den / c_q, the t-scaled denominator the forward kept)
-    dd = torch.empty(B, N, heads, dv + 1, dtype=dt, device=q.device)
-    torch.div(dout, den.unsqueeze(-1), out=dd[..., :dv])
-    dd[..., dv] = (out.view(B, N, heads, dv) * dout).sum(-1).div_(den).neg_()
-    # [v | 1] with the feature backward's per-token factor p r_k / T_k folded in (c_k = r_k / T_k)
-    alpha_k = torch.ones_like(ck) if p is None else ck * p
-    vc = torch.empty(B, n, heads, dv + 1, dtype=dt, device=v.device)
-    torch.mul(v.unflatten(-1, (heads, dv)), alpha_k.unsqueeze(-1), out=vc[..., :dv])
-    vc[..., dv] = alpha_k
-    gq, gk, dvv = [], [], []
-    for i, (tqh, tkh) in enumerate(zip(_head_views(tq, heads), _head_views(tk, heads))):
-        gq.append(torch.bmm(dd[:, :, i], kvb[:, i].transpose(1, 2)))  # c_q dL/dphi_q
-        dkvb = torch.bmm(tqh.transpose(1, 2), dd[:, :, i]).div_(n)  # dL/dKVb / n, [B, d, dv + 1]
-        gk.append(torch.bmm(vc[:, :, i], dkvb.transpose(1, 2)))  # alpha_k dL/dphi_k
-        dvv.append(torch.bmm(tkh, dkvb[..., :dv]))
-    gq, gk, dvv = _cat_heads(gq), _cat_heads(gk), _cat_heads(dvv).mul_(ck)
-    if p is None:
-        return gq, gk, dvv, None, None if pos is None else _reduce_like(gk, pos)
-    # q: c_q dL/dphi_q = (p r_q / T_q) dL/dphi_q / p, so the factor is p
-    eq, wq = _features_backward(gq, p, q, yq, tq, rq, Tq, p)
-    ek, wk = _features_backward(gk, 1.0, kp, yk, tk, rk, Tk, p)
-    dk = ek.mul_(inv_s)
-    return eq.mul_(inv_s * p), dk, dvv, -(wq * p + wk) * inv_s, None if pos is None else _reduce_like(dk, pos)
+    row = 4 * B * max(C, Cv)
+    dq, dk = torch.empty(B, N, C, dtype=dt, device=q.device), torch.empty(B, n, C, dtype=dt, device=q.device)
+    dvv = torch.empty(B, n, heads, dv, dtype=dt, device=q.device)
+    dkvb = torch.zeros(heads, B, C // heads, dv + 1, dtype=dt, device=q.device)
+    w = torch.zeros(C, dtype=dt, device=q.device)
+    for i0, i1 in _spans(N, row, False):
+        g_out = dout[:, i0:i1].to(dt).unflatten(-1, (heads, dv))
+        de = den[:, i0:i1]
+        # dd = D / den' (den' = den / c_q, the t-scaled denominator the forward kept)
+        dd = torch.empty(B, i1 - i0, heads, dv + 1, dtype=dt, device=q.device)
+        torch.div(g_out, de.unsqueeze(-1), out=dd[..., :dv])
+        dd[..., dv] = (out[:, i0:i1].unflatten(-1, (heads, dv)) * g_out).sum(-1).div_(de).neg_()
+        gq = _cat_heads([torch.bmm(dd[:, :, i], kvb[:, i].transpose(1, 2)) for i in range(heads)])  # c_q dL/dphi_q
+        for i, tqh in enumerate(_head_views(tq[:, i0:i1], heads)):
+            dkvb[i].baddbmm_(tqh.transpose(1, 2), dd[:, :, i])
+        if p is None:
+            dq[:, i0:i1] = gq
+            continue
+        # c_q dL/dphi_q = (p r_q / T_q) dL/dphi_q / p, so the factor is p
+        e, wc = _features_backward(gq, p, q[:, i0:i1], yq[:, i0:i1], tq[:, i0:i1], rq[:, i0:i1], Tq[:, i0:i1], p)
+        torch.mul(e, inv_s * p, out=dq[:, i0:i1])
+        w.add_(wc, alpha=p)
+    dkvb.div_(n)  # dL/dKVb / n
+    for j0, j1 in _spans(n, row, False):
+        ckc = ck[:, j0:j1]
+        # [v | 1] with the feature backward's per-token factor p r_k / T_k folded in (c_k = r_k / T_k)
+        alpha = torch.ones_like(ckc) if p is None else ckc * p
+        vc = torch.empty(B, j1 - j0, heads, dv + 1, dtype=dt, device=v.device)
+        torch.mul(v[:, j0:j1].unflatten(-1, (heads, dv)), alpha.unsqueeze(-1), out=vc[..., :dv])
+        vc[..., dv] = alpha
+        gk = _cat_heads([torch.bmm(vc[:, :, i], dkvb[i].transpose(1, 2)) for i in range(heads)])  # alpha dL/dphi_k
+        for i, tkh in enumerate(_head_views(tk[:, j0:j1], heads)):
+            torch.mul(torch.bmm(tkh, dkvb[i][..., :dv]), ckc, out=dvv[:, j0:j1, i])
+        if p is None:
+            dk[:, j0:j1] = gk
+            continue
+        e, wc = _features_backward(gk, 1.0, kp[:, j0:j1], yk[:, j0:j1], tk[:, j0:j1], rk[:, j0:j1], Tk[:, j0:j1], p)
+        torch.mul(e, inv_s, out=dk[:, j0:j1])
+        w.add_(wc)
+    dscale = None if p is None else -w * inv_s
+    return dq, dk, dvv.view(B, n, Cv), dscale, None if pos is None else _reduce_like(dk, pos)
 
 
 def _reduce_like(g, t):
