@@ -1,9 +1,14 @@
 """CPU path of focused linear attention: few passes over the token maps, GEMM-shaped heads, a
 hand-derived backward that saves two fp32 maps per side.
 
-Measured (``benchmarks/bench_linear_attn.py``, FLatten-PVT-T stage shapes, batch 8, on a busy 2-core
-host): forward ~1.6-2x the official formulation written plainly, forward+backward ~2x; the backward's
-four GEMMs per head against the forward's two keep fwd+bwd near 3x the forward.
+Measured (``benchmarks/bench_linear_attn.py``, FLatten-PVT-T stage shapes, batch 8, one thread on a busy
+2-core host; ``benchmarks/results/linear_attn.json``): forward ~1.4-2x the official formulation written
+plainly, forward+backward ~2.5x; fwd+bwd is ~3.5-4x our own forward (the plain formulation's ~5-7x):
+the backward runs four GEMMs per head to the forward's two and ~2x its elementwise passes.
+
+Chunks. Without autograd the passes run over token chunks of about :data:`CHUNK_BYTES` (all images at
+once: a chunk's ~8 passes and its GEMM then stay in L2; ~2x at 56 x 56 tokens); the backward runs over
+the same chunks. With autograd the forward computes whole maps (they are saved anyway).
 
 Forward (``y = (ReLU(x) + 1e-6) / softplus(scale)``, ``r = ||y||``, ``t = (L y / r)^p``, ``T = ||t||``;
 then ``phi = (r / T) t``; the constant ``L`` (:func:`_level`) keeps ``t`` out of the subnormal range):
