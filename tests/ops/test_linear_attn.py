@@ -146,6 +146,15 @@ def test_output_dtype_and_mixed_parameter_dtypes():
         _testing.assert_close(out, want)
 
 
+def test_meta_tensors_give_shapes():
+    """Meta tensors (shape inference, the hub export) pass through the reference: output shape and dtype."""
+    q, k, v = torch.empty(2, 9, 8, device="meta"), torch.empty(2, 4, 8, device="meta"), torch.empty(2, 4, 6,
+                                                                                                  device="meta")
+    out = linear_attn(q, k, v, num_heads=2, focusing_factor=3, scale=torch.empty(8, device="meta"),
+                      pos=torch.empty(1, 4, 8, device="meta"))
+    assert out.shape == (2, 9, 6) and out.device.type == "meta"
+
+
 @pytest.mark.parametrize("change,match", [
     (dict(q=torch.randn(2, 5)), r"q must be \[B, N, C\]"),
     (dict(k=torch.randn(2, 5, 9)), "k must have q's channels"),

@@ -108,5 +108,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_heads:
     if scale is not None:
         scale = scale.reshape(-1)
     fn, _ = _backend.resolve("linear_attn", q, k, v, backend=backend)
+    if q.device.type == "meta":  # shape inference (e.g. the hub export): there is no autocast to switch off
+        return fn(q, k, v, num_heads, p, scale, pos, float(eps))
     with torch.autocast(q.device.type, enabled=False):
         return fn(q, k, v, num_heads, p, scale, pos, float(eps))
