@@ -10,7 +10,8 @@ from visionzoo.ops import triton_unavailable
 from . import create_tiny
 
 #: one reduced model per family that runs a dispatched op
-MODELS = ["dinat_tiny", "dinat_s_tiny", "dinat_isotropic_small", "maxvit_tiny", "halonet26t", "biformer_tiny"]
+MODELS = ["dinat_tiny", "dinat_s_tiny", "dinat_isotropic_small", "maxvit_tiny", "halonet26t", "biformer_tiny",
+          "van_b0", "flatten_pvt_tiny", "flatten_pvt_v2_b0", "flatten_swin_tiny", "agent_pvt_tiny", "agent_swin_tiny"]
 pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=f"{triton_unavailable()}")
 #: where each backend runs: Triton on the GPU when there is one (its kernels need CUDA tensors there)
 DEVICES = {"reference": "cpu", "cpu": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
@@ -22,7 +23,7 @@ def _run(model, x, backend):
     with visionzoo.use_backend(backend):
         out = model(x.to(DEVICES[backend]))
         out.square().mean().backward()
-    grads = {n: p.grad.cpu() for n, p in model.named_parameters()}
+    grads = {n: p.grad.cpu() for n, p in model.named_parameters() if p.requires_grad}
     model.cpu()
     return out.detach().cpu(), grads
 

@@ -153,8 +153,8 @@ class AgentAttn(nn.Module):
             return t.reshape(B, H * W, heads, hd).transpose(1, 2)
         out = agent_attn(heads_first(q), heads_first(k), heads_first(v), agents, bias_kv, bias_q,
                          scale=self.scale, backend=self.backend)
-        # in place: the op's output is a fresh tensor that nothing saved (one map-sized buffer less)
-        return out.transpose(1, 2).reshape(B, H, W, C).add_(self.dwc(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        # not in place: with one head the reshape is a view of the op's output, which the Triton op saves
+        return out.transpose(1, 2).reshape(B, H, W, C) + self.dwc(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mix(*self.qkv(x).unflatten(-1, (3, x.shape[-1])).unbind(-2))
