@@ -26,7 +26,6 @@ and fwd+bwd) <= ``plain``'s; forward >= 10x dense SDPA.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -152,16 +151,8 @@ def targets(rows: list[dict]) -> list[dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="5 rounds, stage 1 only")
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default torch's); on a shared 2-core host 1 thread gives steadier ratios")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rounds = args.rounds or (5 if args.quick else 9)
+    args = harness.op_bench_args(__doc__.splitlines()[0], argv, quick_help="5 rounds, stage 1 only")
+    rounds = args.rounds
     stages = ["stage1"] if args.quick else list(STAGES)
     rows = bench(rounds, stages, memory=not args.no_memory)
     cols = ["stage", "C", "HW", "heads", "agents", "mode", "variant", "median_ms", "min_ms", "x_plain", "x_dense",

@@ -16,7 +16,6 @@ forward, peak memory <= the plain formulation's; >= 20x dense SDPA at 112^2; cos
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -148,16 +147,8 @@ def targets(rows: list[dict], dense: list[dict]) -> list[dict]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="5 rounds")
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default torch's); on a shared 2-core host 1 thread gives steadier ratios")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rounds = args.rounds or (5 if args.quick else 9)
+    args = harness.op_bench_args(__doc__.splitlines()[0], argv, quick_help="5 rounds")
+    rounds = args.rounds
     rows = bench_stages(rounds, memory=not args.no_memory)
     dense = bench_dense(max(3, rounds // 2))
     print(harness.markdown_table(rows, ["stage", "N", "C", "heads", "mode", "variant", "median_ms", "min_ms",

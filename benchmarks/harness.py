@@ -18,6 +18,7 @@ arguments; the function returns a zero-argument callable with its inputs already
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import gc
 import importlib
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["Timing", "time_variants", "gemm_call", "peak_extra_mib", "op_call", "dense_sdpa", "model_call",
-           "count_gflops",
+           "count_gflops", "op_bench_args",
            "markdown_table", "write_json", "machine_info"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +213,22 @@ def count_gflops(fn: Callable[[], object]) -> float:
 
 
 # ---------------------------------------------------------------------------------- reporting
+def op_bench_args(description: str, argv=None, quick_help: str = "5 rounds") -> argparse.Namespace:
+    """The op benchmarks' command line (``--quick``, ``--rounds``, ``--no-memory``, ``--threads``), parsed, with
+    ``rounds`` resolved (``--rounds``, else 5 with ``--quick``, else 9) and the torch thread count applied."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default torch's); on a shared 2-core host 1 thread gives steadier ratios")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.rounds = args.rounds or (5 if args.quick else 9)
+    return args
+
+
 def machine_info() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "nproc": os.cpu_count(),

@@ -8,6 +8,7 @@ import torch.nn as nn
 import visionzoo
 from visionzoo.blocks.agent_attn import AgentAttn
 from visionzoo.models import agent_pvt
+from visionzoo.models._pvt_swin_convert import PVT_POS_RULE, PVT_RULES, merge_q_kv
 from visionzoo.models._registry import MODELS
 
 from ._any_size import check_train_and_eval
@@ -79,7 +80,8 @@ def test_224_checkpoint_at_256_resizes_as_the_official_fine_tuning(tmp_path):
     own = model.state_dict()
     assert own["stages.0.pos_embed"].shape == (1, 64 * 64, 16)
     assert own["stages.3.blocks.0.attn.wa_bias"].shape == (1, 4, 1, 8, 49)
-    assert_resized_as_official(model, visionzoo.convert.rename(agent_pvt.merge_q_kv(sd), agent_pvt._RULES), 256)
+    official = merge_q_kv(visionzoo.convert.rename(sd, PVT_RULES + [PVT_POS_RULE]), own)
+    assert_resized_as_official(model, official, 256)
 
 
 @pytest.mark.parametrize("name,side", [("agent_pvt_small", 56), ("agent_pvt_medium_256", 64)])

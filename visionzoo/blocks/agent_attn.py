@@ -38,12 +38,12 @@ from timm.layers import register_notrace_module
 
 from ..ops.agent_attn import agent_attn
 
-__all__ = ["AgentAttn"]
+__all__ = ["AgentAttn", "resize_axis"]
 
 _BIASES = ("an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias")
 
 
-def _resize_axis(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+def resize_axis(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     """``t`` linearly interpolated (``align_corners=False``) along ``dim`` to ``size``."""
     if t.shape[dim] == size:
         return t
@@ -117,8 +117,8 @@ class AgentAttn(nn.Module):
         heads, n, size = self.num_heads, self.agent_num, (height, width)
         an = F.interpolate(self.an_bias, size=size, mode="bilinear", align_corners=False)
         na = F.interpolate(self.na_bias, size=size, mode="bilinear", align_corners=False)
-        ah, aw = _resize_axis(self.ah_bias, 3, height), _resize_axis(self.aw_bias, 4, width)
-        ha, wa = _resize_axis(self.ha_bias, 2, height), _resize_axis(self.wa_bias, 3, width)
+        ah, aw = resize_axis(self.ah_bias, 3, height), resize_axis(self.aw_bias, 4, width)
+        ha, wa = resize_axis(self.ha_bias, 2, height), resize_axis(self.wa_bias, 3, width)
         bias_kv = (an + (ah + aw)[0]).reshape(heads, n, height * width)
         # built agents-major and returned transposed: the cpu backend reads it as [heads, n, H W]
         bias_q = na.reshape(heads, n, height * width) + (ha + wa)[0].reshape(heads, -1, n).transpose(1, 2)

@@ -16,21 +16,20 @@ embeddings and the agent biases. Any input size runs: both are interpolated to t
 (the position embedding bilinearly as the official ``_get_pos_embed``, the agent biases as in
 :class:`~visionzoo.blocks.agent_attn.AgentAttn`); the official model runs only maps of ``img_size``'s size.
 A checkpoint trained at another ``img_size`` (224 -> ``agent_pvt_medium_256``) loads by resizing them as the
-official fine-tuning does (:func:`~visionzoo.models.agent_swin.resize_resolution_dependent`).
+official fine-tuning does (:func:`~visionzoo.models._pvt_swin_convert.fit_resolution`).
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
-import torch
 
 from .. import convert
 from ._base import pretrained_cfg
 from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
-from .agent_swin import ORIGIN, PAPER, official_img_size, resize_resolution_dependent
+from ._pvt_swin_convert import PVT_POS_RULE, PVT_RULES, official_filter
+from .agent_swin import ORIGIN, PAPER, official_img_size
 
 __all__ = ["AgentPVTCfg", "VARIANTS", "checkpoint_filter_fn"]
 
@@ -69,36 +68,10 @@ class AgentPVTCfg:
 
 
 # ---- checkpoint conversion ----------------------------------------------------------------------
-_RULES = [
-    (r"^patch_embed1\.", "stem."),
-    (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample."),
-    (r"^pos_embed(\d)$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed"),
-    (r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
-    (r"^head\.", "head.fc."),
-]
-_Q = re.compile(r"^(.*\.attn)\.q\.(weight|bias)$")
-
-
-def merge_q_kv(sd: dict) -> dict:
-    """PVT's separate ``attn.q`` (C -> C) and ``attn.kv`` (C -> 2C) Linear layers -> one ``attn.qkv``
-    (C -> 3C, rows q | k | v): ``cat([q, kv], 0)`` for weights and biases. Other keys unchanged."""
-    out = {}
-    for k, v in sd.items():
-        found = _Q.match(k)
-        if found is not None:
-            prefix, kind = found.groups()
-            out[f"{prefix}.qkv.{kind}"] = torch.cat([v, sd[f"{prefix}.kv.{kind}"]], 0)
-        elif not re.match(r"^.*\.attn\.kv\.(weight|bias)$", k):
-            out[k] = v
-    return out
-
-
-def checkpoint_filter_fn(state_dict, model: HierarchicalNet):
-    """visionzoo or official (``PyramidVisionTransformer`` of ``agent_pvt.py``, bare or ``{"model": ...}``)
-    keys -> visionzoo keys (``q`` / ``kv`` merged into ``qkv``); a checkpoint of another ``img_size``
-    resized (:func:`~visionzoo.models.agent_swin.resize_resolution_dependent`)."""
-    sd = convert.remap(state_dict, model, {"official": lambda sd: convert.rename(merge_q_kv(sd), _RULES)})
-    return resize_resolution_dependent(sd, model)
+checkpoint_filter_fn = official_filter(PVT_RULES + [PVT_POS_RULE], pos_embed_mode="bicubic")
+checkpoint_filter_fn.__doc__ = """visionzoo or official (``PyramidVisionTransformer`` of ``agent_pvt.py``, bare or
+``{"model": ...}``) keys -> visionzoo keys (``q`` / ``kv`` merged into ``qkv``); the agent biases and ``pos_embed``
+of a checkpoint of another ``img_size`` resized as the official fine-tuning loader does (linear / bicubic)."""
 
 
 def _official(kw: dict):

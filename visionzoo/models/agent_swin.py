@@ -19,25 +19,22 @@ eps 1e-5 throughout. Each stage has a type (official ``attn_type``, one letter p
 ``ah/aw/ha/wa`` agent biases and the Swin windows). Any input size runs: the agent biases are interpolated
 to the map seen at run time, Swin windows pad (see the blocks). The official model asserts the input equals
 ``img_size``. A checkpoint trained at another ``img_size`` loads by resizing those parameters as the official
-fine-tuning does (:func:`resize_resolution_dependent`).
+fine-tuning does (:func:`~visionzoo.models._pvt_swin_convert.fit_resolution`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 
 from .. import convert
-from ..blocks.agent_attn import _resize_axis  # the block's own runtime resize of these biases
 from ._base import pretrained_cfg
+from ._pvt_swin_convert import SWIN_RULES, official_filter
 from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
 
-__all__ = ["AgentSwinCfg", "VARIANTS", "checkpoint_filter_fn", "resize_resolution_dependent"]
+__all__ = ["AgentSwinCfg", "VARIANTS", "checkpoint_filter_fn"]
 
 _STAGE_TYPE = re.compile(r"^(A|B|M(\d+))$")
 
@@ -106,69 +103,11 @@ class AgentSwinCfg:
 
 
 # ---- checkpoint conversion ----------------------------------------------------------------------
-_RULES = [
-    (r"^patch_embed\.", "stem."),
-    (r"^layers\.(\d+)\.downsample\.", lambda m: f"stages.{int(m.group(1)) + 1}.downsample."),
-    (r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks."),
-    (r"^head\.", "head.fc."),
-]
-_DERIVED = ("relative_position_index", "attn_mask")  # official buffers rebuilt from the window and the map
-
-
-def _from_official(sd: dict) -> dict:
-    return convert.rename({k: v for k, v in sd.items() if not k.endswith(_DERIVED)}, _RULES)
-
-
-def _resize_square(t: torch.Tensor, side: int) -> torch.Tensor:
-    """Bicubic resize (``align_corners=False``) of a ``[C, s, s]`` grid to ``[C, side, side]``."""
-    return F.interpolate(t[None].float(), size=(side, side), mode="bicubic")[0].to(t.dtype)
-
-
-#: parameter-name suffix -> the spatial axis of the factorised agent biases
-_AGENT_BIAS_AXIS = {"ah_bias": 3, "aw_bias": 4, "ha_bias": 2, "wa_bias": 3}
-
-
-def resize_resolution_dependent(state_dict: dict, model) -> dict:
-    """Fit the resolution-dependent tensors of ``state_dict`` (visionzoo keys) whose shape differs from
-    ``model``'s, as the official fine-tuning loader does (``agent_transformer/utils.py: load_pretrained``):
-
-    * agent biases ``ah_bias [1, h, n, H, 1]``, ``aw_bias [1, h, n, 1, W]``, ``ha_bias [1, h, H, 1, n]``,
-      ``wa_bias [1, h, 1, W, n]``: linear along the spatial axis (``align_corners=False``);
-    * Swin ``relative_position_bias_table [(2P-1)^2, heads]``: bicubic as a ``(2P-1) x (2P-1)`` grid;
-    * PVT ``pos_embed [1, s*s, C]``: bicubic as an ``s x s`` map.
-
-    Everything else (and tensors whose head / agent / channel counts differ) is returned unchanged, so
-    a genuine mismatch still fails loudly in ``load_state_dict``. Works on meta tensors.
-    """
-    target = model.state_dict()
-    out = dict(state_dict)
-    for k, v in state_dict.items():
-        want = target.get(k)
-        if want is None or not torch.is_tensor(v) or tuple(v.shape) == tuple(want.shape) or v.dim() != want.dim():
-            continue
-        name = k.rsplit(".", 1)[-1]
-        if name in _AGENT_BIAS_AXIS:
-            axis = _AGENT_BIAS_AXIS[name]
-            if all(a == b for d, (a, b) in enumerate(zip(v.shape, want.shape)) if d != axis):
-                out[k] = _resize_axis(v, axis, want.shape[axis])
-        elif name == "relative_position_bias_table" and v.shape[1] == want.shape[1]:
-            s1, s2 = math.isqrt(v.shape[0]), math.isqrt(want.shape[0])
-            if s1 * s1 == v.shape[0] and s2 * s2 == want.shape[0]:
-                grid = v.t().reshape(v.shape[1], s1, s1)
-                out[k] = _resize_square(grid, s2).reshape(v.shape[1], -1).t()
-        elif name == "pos_embed" and v.dim() == 3 and v.shape[2] == want.shape[2]:
-            s1, s2 = math.isqrt(v.shape[1]), math.isqrt(want.shape[1])
-            if s1 * s1 == v.shape[1] and s2 * s2 == want.shape[1]:
-                grid = v[0].t().reshape(v.shape[2], s1, s1)
-                out[k] = _resize_square(grid, s2).reshape(v.shape[2], -1).t()[None]
-    return out
-
-
-def checkpoint_filter_fn(state_dict, model: HierarchicalNet):
-    """visionzoo or official (``AgentSwinTransformer``, bare or ``{"model": ...}``) keys -> visionzoo keys;
-    ``relative_position_index`` / ``attn_mask`` dropped; a checkpoint of another ``img_size`` resized
-    (:func:`resize_resolution_dependent`)."""
-    return resize_resolution_dependent(convert.remap(state_dict, model, {"official": _from_official}), model)
+checkpoint_filter_fn = official_filter(SWIN_RULES)
+checkpoint_filter_fn.__doc__ = """visionzoo or official (``AgentSwinTransformer``, bare or ``{"model": ...}``) keys ->
+visionzoo keys; ``relative_position_index`` / ``attn_mask`` dropped; the agent biases and bias tables of a checkpoint
+of another ``img_size`` resized as the official fine-tuning loader does (``agent_transformer/utils.py:
+load_pretrained``: agent biases linearly, tables bicubically)."""
 
 
 def parse_attn_type(attn_type: str, num_stages: int) -> tuple[str, ...]:

@@ -24,27 +24,23 @@ tables resized at load time as the official fine-tuning loader does (``positiona
 
 Shared with :mod:`~visionzoo.models.flatten_pvt_v2` and :mod:`~visionzoo.models.flatten_swin`: the PVT
 hyperparameters (:class:`FocusedPVTCfg`), the 'L' mixer config (:func:`focused_mixer`), PVT's build-time
-maps (:func:`pvt_maps`), the official PVT arguments (:func:`official_common`) and the official
-``q`` / ``kv`` -> ``qkv`` merge and table resizing of the converters (:func:`official_filter`).
+maps (:func:`pvt_maps`) and the official PVT arguments (:func:`official_common`); the checkpoint
+converters are :mod:`~visionzoo.models._pvt_swin_convert`'s.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from dataclasses import dataclass
-from typing import Callable
 
-import torch
-import torch.nn.functional as F
 
 from .. import convert
 from ._base import pretrained_cfg
+from ._pvt_swin_convert import PVT_POS_RULE, PVT_RULES, official_filter
 from ._hierarchical import BlockCfg, HierarchicalCfg, HierarchicalNet, MixerCfg, StageCfg, StemCfg, per_stage
 from ._registry import register_family
 
 __all__ = ["FocusedPVTCfg", "FLattenPVTCfg", "VARIANTS", "checkpoint_filter_fn", "focused_mixer", "pvt_maps",
-           "official_filter", "official_common", "register_flatten", "PVT_ARGS", "PVT_RULES", "PAPER", "ORIGIN"]
+           "official_common", "register_flatten", "PVT_ARGS", "PAPER", "ORIGIN"]
 
 PAPER = ("FLatten Transformer: Vision Transformer using Focused Linear Attention", "arXiv:2308.00442")
 ORIGIN = "https://github.com/LeapLabTHU/FLatten-Transformer"
@@ -110,78 +106,11 @@ class FLattenPVTCfg(FocusedPVTCfg):
         return HierarchicalCfg(stages, StemCfg("patch", self.patch_size), "patch_ln", final_norm="layernorm_unapplied")
 
 
-# ---- checkpoint conversion (shared by the three FLatten families) -------------------------------
-def _merge_q_kv(sd: dict, target: dict) -> dict:
-    """Official PVT attention ``q`` + ``kv`` -> our ``qkv`` (q | k | v along the output dim) wherever the
-    model has a fused ``qkv`` (``sr_ratio == 1``); spatially reducing blocks keep ``q`` and ``kv``."""
-    out = {}
-    for k, v in sd.items():
-        m = re.match(r"^(.*\.attn)\.(q|kv)\.(weight|bias)$", k)
-        if m is None or f"{m.group(1)}.qkv.{m.group(3)}" not in target:
-            out[k] = v
-        elif m.group(2) == "q":
-            out[f"{m.group(1)}.qkv.{m.group(3)}"] = torch.cat([v, sd[f"{m.group(1)}.kv.{m.group(3)}"]], 0)
-    return out
-
-
-def _resize_square(value: torch.Tensor, shape: torch.Size, mode: str) -> torch.Tensor:
-    """A position table of a square map, ``[1, n, C]`` (``pos_embed``, ``positional_encoding``) or ``[n, heads]``
-    (a Swin bias table), resized to the square map of ``shape`` (``F.interpolate``, ``align_corners=False``).
-    Other shapes are returned unchanged (the strict load then names them)."""
-    flat = value.dim() == 2
-    grid = value.t()[None] if flat else value.transpose(1, 2)  # [1, C, n]
-    dst_shape = (shape[1], shape[0]) if flat else (shape[2], shape[1])
-    src, dst = math.isqrt(grid.shape[2]), math.isqrt(dst_shape[1])
-    if value.dim() not in (2, 3) or src * src != grid.shape[2] or dst * dst != dst_shape[1] \
-            or grid.shape[1] != dst_shape[0] or grid.shape[0] != 1:
-        return value
-    grid = F.interpolate(grid.reshape(1, -1, src, src).float(), size=(dst, dst), mode=mode, align_corners=False)
-    grid = grid.reshape(1, -1, dst * dst).to(value.dtype)
-    return grid[0].t() if flat else grid.transpose(1, 2)
-
-
-def _fit_tables(sd: dict, target: dict) -> dict:
-    """Position tables of a checkpoint built for another ``img_size`` (or window) resized to the model's, as the
-    official fine-tuning loader (``utils.load_pretrained``) does: ``positional_encoding`` and
-    ``relative_position_bias_table`` bicubically; PVT v1's ``pos_embed`` (which that loader leaves alone)
-    bilinearly, as its forward interpolates it."""
-    out = dict(sd)
-    for k, v in sd.items():
-        if k in target and tuple(v.shape) != tuple(target[k].shape) and v.device.type != "meta" \
-                and k.endswith(("pos_embed", "positional_encoding", "relative_position_bias_table")):
-            out[k] = _resize_square(v, target[k].shape, "bilinear" if k.endswith("pos_embed") else "bicubic")
-    return out
-
-
-def official_filter(rules: list) -> Callable:
-    """The ``checkpoint_filter_fn`` of a FLatten family: visionzoo keys pass (tables fitted to the model's
-    ``img_size``); official keys are renamed by ``rules``, stripped of the official derived buffers
-    (``relative_position_index``, ``attn_mask``), their ``q`` / ``kv`` merged into ``qkv`` and their tables
-    fitted."""
-    def official(sd: dict, target: dict) -> dict:
-        sd = {k: v for k, v in sd.items() if not k.endswith(("relative_position_index", "attn_mask"))}
-        return _fit_tables(_merge_q_kv(convert.rename(sd, rules), target), target)
-
-    def checkpoint_filter_fn(state_dict, model: HierarchicalNet):
-        target = model.state_dict()
-        sd = _fit_tables(convert.unwrap_state_dict(state_dict), target)
-        return convert.remap(sd, model, {"official": lambda s: official(s, target)})
-
-    return checkpoint_filter_fn
-
-
-#: official PVT (v1 and v2) keys: ``patch_embed{i}``, ``block{i}.{j}``, ``head`` (1-based stages) -> ours
-PVT_RULES = [
-    (r"^patch_embed1\.", "stem."),
-    (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample."),
-    (r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
-    (r"^head\.", "head.fc."),
-]
-checkpoint_filter_fn = official_filter(
-    PVT_RULES + [(r"^pos_embed(\d)$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed")])
+# ---- checkpoint conversion ----------------------------------------------------------------------
+checkpoint_filter_fn = official_filter(PVT_RULES + [PVT_POS_RULE])
 checkpoint_filter_fn.__doc__ = """visionzoo or official (``PyramidVisionTransformer`` of ``flatten_pvt.py``, bare or
 ``{"model": ...}``) keys -> visionzoo keys; ``q`` / ``kv`` merged into ``qkv``, position tables of another
-``img_size`` resized."""
+``img_size`` resized (``pos_embed`` bilinearly, ``positional_encoding`` bicubically)."""
 
 
 def official_common(family: str, kw: dict, allowed: set, supported: dict | None = None) -> tuple[dict, dict, dict]:

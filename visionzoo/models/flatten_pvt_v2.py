@@ -20,8 +20,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from ._hierarchical import HierarchicalCfg, StemCfg
-from .flatten_pvt import (PVT_ARGS, PVT_RULES, FocusedPVTCfg, official_common, official_filter, pvt_maps,
-                          register_flatten)
+from ._pvt_swin_convert import PVT_RULES, official_filter
+from .flatten_pvt import PVT_ARGS, FocusedPVTCfg, official_common, pvt_maps, register_flatten
 
 __all__ = ["FLattenPVTv2Cfg", "VARIANTS", "checkpoint_filter_fn"]
 

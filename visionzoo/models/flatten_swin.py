@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from .. import convert
 from ._hierarchical import BlockCfg, HierarchicalCfg, MixerCfg, StageCfg, StemCfg, per_stage
-from .flatten_pvt import check_img_size, focused_mixer, official_filter, register_flatten
+from ._pvt_swin_convert import SWIN_RULES, official_filter
+from .flatten_pvt import check_img_size, focused_mixer, register_flatten
 
 __all__ = ["FLattenSwinCfg", "VARIANTS", "checkpoint_filter_fn"]
 
@@ -90,13 +91,7 @@ class FLattenSwinCfg:
                                no_weight_decay=nwd)
 
 
-_RULES = [
-    (r"^patch_embed\.", "stem."),
-    (r"^layers\.(\d+)\.downsample\.", lambda m: f"stages.{int(m.group(1)) + 1}.downsample."),
-    (r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks."),
-    (r"^head\.", "head.fc."),
-]
-checkpoint_filter_fn = official_filter(_RULES)
+checkpoint_filter_fn = official_filter(SWIN_RULES)
 checkpoint_filter_fn.__doc__ = """visionzoo or official (``FLattenSwinTransformer``, bare or ``{"model": ...}``) keys ->
 visionzoo keys; ``relative_position_index`` / ``attn_mask`` buffers dropped, ``positional_encoding`` and bias
 tables of another ``img_size`` / window resized."""

@@ -14,10 +14,9 @@ shape; agent attention's backward needs stage 1's result and log-sum-exp instead
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ... import _env
 from .._triton import _LOG2E, _empty, _pow2, _precision
 from . import triton_kernels as _k
 
@@ -50,7 +49,7 @@ def _plan(q, v, agents):
     na = max(16, _pow2(n))
     load = max(D, Dv) * (2 if q.dtype == torch.float32 else 1)
     block = BLOCK if na <= 32 else BLOCK // 2 if q.dtype != torch.float32 else BLOCK // 4
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if _env.triton_interpret():
         block = INTERPRETER_BLOCK
     return dict(NA=na, BD=max(16, _pow2(D)), BDV=max(16, _pow2(Dv)), PRECISION=_precision(q.dtype),
                 num_warps=4 if load <= 64 and na <= 32 else 8), block

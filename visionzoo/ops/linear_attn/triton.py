@@ -14,11 +14,10 @@ Not :func:`visionzoo.ops._triton.register_attention_op`: its ``(out, lse)`` conv
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from ... import _env
 from .._triton import _empty, _pow2, _precision
 from . import triton_kernels as _k
 
@@ -29,7 +28,7 @@ INTERPRETER_BLOCK = 16  # the tests' short sequences still span several tiles an
 
 
 def _block() -> int:
-    return INTERPRETER_BLOCK if os.environ.get("TRITON_INTERPRET", "0") == "1" else BLOCK
+    return INTERPRETER_BLOCK if _env.triton_interpret() else BLOCK
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
