@@ -71,6 +71,9 @@ class AgentAttn(nn.Module):
     Shapes: ``[B, H, W, C] -> [B, H, W, C]``, any ``H, W >= 1``.
     """
 
+    #: the position-bias parameters (truncated-normal init; the bias cache is stamped with them)
+    bias_names: tuple[str, ...] = _BIASES
+
     def __init__(self, dim: int, num_heads: int, *, map_size: tuple[int, int], agent_num: int = 49,
                  qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, backend: str | None = None,
                  device=None, dtype=None):
@@ -107,7 +110,7 @@ class AgentAttn(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for name in _BIASES:
+        for name in self.bias_names:
             nn.init.trunc_normal_(getattr(self, name), std=0.02)
 
     def build_biases(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +130,7 @@ class AgentAttn(nn.Module):
     def biases(self, height: int, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`build_biases` in ``dtype``, cached per (map, device, dtype) while no bias parameter
         changes; rebuilt on every call when autograd records or under compilation."""
-        params = [getattr(self, name) for name in _BIASES]
+        params = [getattr(self, name) for name in self.bias_names]
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return tuple(b.to(dtype) for b in self.build_biases(height, width))
         # inference-mode tensors cannot be saved for backward elsewhere: they get entries of their own
