@@ -14,6 +14,7 @@ from typing import Callable
 import torch.nn as nn
 
 from .agent_attn import AgentAttn
+from .cswin_attn import CrossShapedWindowAttn, FocusedLinearAttnLePE
 from .focused_linear_attn import FocusedLinearAttn
 from .hilo_attn import HiLoAttn
 from .large_kernel_attn import VanAttn
@@ -36,6 +37,8 @@ TOKEN_MIXERS: dict[str, Callable[..., nn.Module] | None] = {
     "focused_linear": FocusedLinearAttn,  # focused linear attention + shared DW conv on v (FLatten)
     "swin": SwinWindowAttn,  # Swin (shifted) window attention with its bias table (FLatten / Agent Swin)
     "agent": AgentAttn,  # agent attention with the official position biases and dwc(v) (Agent-PVT / Agent-Swin)
+    "cswin": CrossShapedWindowAttn,  # cross-shaped stripe (or global) attention with LePE (CSWin 'B' / 'S' stages)
+    "focused_linear_lepe": FocusedLinearAttnLePE,  # focused linear attention + LePE (FLatten-CSWin 'L' stages)
 }
 
 _RUNTIME_DEFAULTS = {"attn_drop": 0.0, "proj_drop": 0.0, "backend": None}

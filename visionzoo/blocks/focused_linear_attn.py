@@ -103,7 +103,7 @@ class FocusedLinearAttn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        N, heads, d = H * W, self.num_heads, self.head_dim
+        N = H * W
         if self.sr_ratio == 1:
             q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)
             hk, wk = H, W
@@ -114,6 +114,15 @@ class FocusedLinearAttn(nn.Module):
             xs = self.sr(x.permute(0, 3, 1, 2))
             hk, wk = xs.shape[-2:]
             k, v = self.kv(self.norm(xs.flatten(2).transpose(1, 2))).reshape(B, hk * wk, 2, C).unbind(2)
+        return self.proj_drop(self.proj(self.attend(q, k, v, (H, W), (hk, wk))))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int],
+               kv_size: tuple[int, int]) -> torch.Tensor:
+        """The input of ``proj``, ``[B, H, W, C]``, from ``q`` (``[B, H W, C]``) and ``k, v`` (``[B, hk wk, C]``)
+        on the ``size = (H, W)`` query map and the ``kv_size = (hk, wk)`` key map: linear attention + ``dwc(v)``."""
+        (H, W), (hk, wk) = size, kv_size
+        B, N, C = q.shape
+        heads, d = self.num_heads, self.head_dim
         out = linear_attn(q, k, v, num_heads=heads, focusing_factor=self.focusing_factor, scale=self.scale,
                           pos=self.pos_for(hk, wk), backend=self.backend)
         # the shared depthwise conv sees each head as a [head_dim, H, W] image: [B * heads, d, n]
@@ -121,8 +130,7 @@ class FocusedLinearAttn(nn.Module):
         if self.sr_ratio > 1:
             v = F.interpolate(v, size=N, mode="linear")
         v = self.dwc(v.reshape(B * heads, d, H, W)).reshape(B, C, H, W).permute(0, 2, 3, 1)
-        out = out.reshape(B, H, W, C) + v
-        return self.proj_drop(self.proj(out))
+        return out.reshape(B, H, W, C) + v
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, map_size={self.map_size}, "

@@ -81,6 +81,8 @@ STEMS: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
     "overlap_bn": (_overlap_bn_stem, 4),
     # PVTv2 OverlapPatchEmbed: 7x7 s4 conv (padding 3) -> LayerNorm (keys ``proj``, ``norm``)
     "overlap_ln": (lambda i, o, cfg, dd: ConvLN(i, o, 7, 4, 3, image=True, **dd), 4),
+    # CSWin: 7x7 s4 conv, padding 2, input zero-padded to a multiple of 4 (ceil(n / 4)) -> LayerNorm
+    "cswin": (lambda i, o, cfg, dd: ConvLN(i, o, 7, 4, 2, image=True, pad_multiple=4, **dd), 4),
 }
 
 #: kind -> constructor ``(in_chs, out_chs, dd)`` of a stride-2 downsampler; 'none' keeps the resolution

@@ -179,18 +179,20 @@ def tiny(cfg) -> dict:
 
 
 def register_flatten(module: str, family: str, variants: dict, filter_fn, official, paper: str, top1: dict,
-                     sizes: dict | None = None, tiny=tiny, **extra) -> None:
+                     sizes: dict | None = None, tiny=tiny, official_names: dict | None = None, **extra) -> None:
     """Register a FLatten family: official facts (``top1``: name -> official README top-1, only for released
-    weights), the ``official`` translator, hub configs at ``sizes.get(name, 224)``, the contract tests' ``tiny``."""
-    sizes = sizes or {}
+    weights; ``official_names``: name -> official model name where it differs, the ``official_params_key``),
+    the ``official`` translator, hub configs at ``sizes.get(name, 224)``, the contract tests' ``tiny``."""
+    sizes, names = sizes or {}, official_names or {}
     register_family(
         module, family, HierarchicalNet, variants,
         {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
                            license="unknown", size=sizes.get(n, 224), crop_pct=1.0 if n in sizes else 0.875)
          for n in variants},
         filter_fn, official={family: official}, paper=paper, tiny=tiny,
-        meta={n: dict(official_params_key=n, **(dict(top1=top1[n], top1_source="FLatten-Transformer README")
-                                                  if n in top1 else {})) for n in variants}, **extra)
+        meta={n: dict(official_params_key=names.get(n, n), **({"official_name": names[n]} if n in names else {}),
+                      **(dict(top1=top1[n], top1_source="FLatten-Transformer README") if n in top1 else {}))
+              for n in variants}, **extra)
 
 
 register_flatten(__name__, "flatten_pvt", VARIANTS, checkpoint_filter_fn, _official,

@@ -1,0 +1,156 @@
+"""Cross-shaped window attention with LePE (Dong et al., *CSWin Transformer*, CVPR 2022) on ``[B, H, W, C]`` maps,
+and the LePE-carrying focused linear attention of FLatten-CSWin.
+
+:class:`CrossShapedWindowAttn` is the official ``CSWinBlock`` attention (``qkv``, the ``LePEAttention`` branches,
+``proj``; the qkv / proj the official block owns are the mixer's here):
+
+* stripes (``global_attn=False``): the first ``C / 2`` channels (``heads / 2`` heads) attend within vertical
+  stripes ``H x sw`` (official branch ``idx 0``), the other half within horizontal stripes ``sw x W``
+  (``idx 1``); each is one :func:`~visionzoo.ops.neighborhood.na2d` call with ``kernel_size = stride`` the
+  stripe, so every ``na2d`` backend serves it;
+* global (``global_attn=True``, the official last stage, or a stage whose build-time map equals its split):
+  one branch, all heads, over the whole map (one ``H x W`` window);
+* LePE: a depthwise 3x3 convolution of ``v`` computed per stripe window (zero padding at every stripe border,
+  as the official ``get_lepe`` convolves the partitioned windows), added to the attention output.
+  The two official ``get_v`` convolutions (``C / 2`` channels each) are one depthwise ``lepe`` conv of ``C``
+  channels here: channels ``[0, C/2)`` are branch 0's, ``[C/2, C)`` branch 1's (converters concatenate).
+
+Maps whose side is not a multiple of ``sw`` (any input size; the official model asserts its build size): the
+map is zero-padded at the bottom / right to whole stripes, padding keys are masked (``na2d(pad=True)``) and
+the output is cropped; LePE sees the zero padding as it sees a stripe border. A stripe wider than the map is
+clamped to the map (the same result: its padding would be masked).
+
+:class:`FocusedLinearAttnLePE` is FLatten-CSWin's global 'L' attention: the focused linear attention of
+:class:`~visionzoo.blocks.focused_linear_attn.FocusedLinearAttn` (``sr_ratio`` 1) plus the same LePE conv over
+the whole map. Agent-CSWin's global 'A' attention is :class:`~visionzoo.blocks.agent_attn.AgentAttn` itself
+(its ``dwc`` is the official ``get_v``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
+
+from ..ops.neighborhood import na2d
+from ..ops.partition import crop, from_windows, pad_map, to_windows
+from .focused_linear_attn import FocusedLinearAttn
+
+__all__ = ["CrossShapedWindowAttn", "FocusedLinearAttnLePE", "windowed_dwconv", "stripes"]
+
+
+def stripes(height: int, width: int, split_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The two stripe windows on an ``height x width`` map: vertical ``(H, sw)`` and horizontal ``(sw, W)``, the
+    split clamped to the map."""
+    return (height, min(split_size, width)), (min(split_size, height), width)
+
+
+def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    window: tuple[int, int]) -> torch.Tensor:
+    """A depthwise ``k x k`` convolution (``weight [c, 1, k, k]``, zero padding ``k // 2``) applied to every
+    ``window`` of ``x`` (``[B, H, W, c]``) separately: no tap crosses a window border. The map is zero-padded
+    at the bottom / right to whole windows and cropped back. Returns ``[B, H, W, c]``."""
+    B, H, W, c = x.shape
+    wh, ww = window
+    k = weight.shape[-1]
+    p = k // 2
+    nchw = x.permute(0, 3, 1, 2)
+    if (wh, ww) == (H, W):  # one window: the plain convolution
+        return F.conv2d(nchw, weight, bias, padding=p, groups=c).permute(0, 2, 3, 1)
+    # 1-wide windows spanning the other axis: only the kernel's middle column / row reaches inside a window
+    if ww == 1 and wh == H:
+        return F.conv2d(nchw, weight[..., p:p + 1], bias, padding=(p, 0), groups=c).permute(0, 2, 3, 1)
+    if wh == 1 and ww == W:
+        return F.conv2d(nchw, weight[:, :, p:p + 1], bias, padding=(0, p), groups=c).permute(0, 2, 3, 1)
+    hp, wp = -(-H // wh) * wh, -(-W // ww) * ww
+    win = to_windows(pad_map(x, 0, hp - H, 0, wp - W), (wh, ww))  # [B, n, wh * ww, c]
+    n = win.shape[1]
+    win = win.reshape(B * n, wh, ww, c).permute(0, 3, 1, 2)
+    out = F.conv2d(win, weight, bias, padding=p, groups=c).permute(0, 2, 3, 1).reshape(B, n, wh * ww, c)
+    return crop(from_windows(out, (wh, ww), (hp, wp)), (H, W))
+
+
+def _lepe(conv: nn.Conv2d, v: torch.Tensor, window: tuple[int, int], channels: slice) -> torch.Tensor:
+    bias = None if conv.bias is None else conv.bias[channels]
+    return windowed_dwconv(v, conv.weight[channels], bias, window)
+
+
+@register_notrace_module  # an FX leaf: the stripes are Python on the runtime map size
+class CrossShapedWindowAttn(nn.Module):
+    """CSWin attention: half the heads in vertical, half in horizontal stripes of width ``split_size`` (or all
+    heads over the whole map), with LePE; ``[B, H, W, C] -> [B, H, W, C]``, any ``H, W >= 1``.
+
+    Args:
+        dim: channels ``C`` (divisible by ``num_heads``; for stripes also ``num_heads`` even).
+        num_heads: attention heads (``num_heads / 2`` per stripe direction).
+        split_size: stripe width ``sw`` (official ``split_size``).
+        global_attn: one window over the whole map (the official last stage).
+        qkv_bias: bias on ``qkv``.
+        qk_scale: logit scale, default ``head_dim ** -0.5``.
+        attn_drop: must be 0 (``na2d`` applies no attention dropout; every official configuration uses 0).
+        proj_drop: dropout after ``proj``.
+        backend: ``na2d`` backend (``None``: resolved per call).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, split_size: int = 7, global_attn: bool = False,
+                 qkv_bias: bool = True, qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        branches = 1 if global_attn else 2
+        if num_heads < 1 or dim % num_heads or num_heads % branches:
+            raise ValueError(f"CrossShapedWindowAttn: dim ({dim}) must be divisible by num_heads ({num_heads})"
+                             + ("" if global_attn else ", and num_heads even (half per stripe direction)"))
+        if not isinstance(split_size, int) or isinstance(split_size, bool) or split_size < 1:
+            raise ValueError(f"CrossShapedWindowAttn: split_size must be an int >= 1, got {split_size!r}")
+        if attn_drop:
+            raise ValueError(f"CrossShapedWindowAttn: attn_drop={attn_drop} is not supported (na2d applies no "
+                             "dropout to attention probabilities); use proj_drop / drop_path instead")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.split_size, self.global_attn, self.branches = split_size, bool(global_attn), branches
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def windows(self, height: int, width: int) -> tuple[tuple[int, int], ...]:
+        """The window of each branch on a ``height x width`` map."""
+        return ((height, width),) if self.global_attn else stripes(height, width, self.split_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        c, heads = C // self.branches, self.num_heads // self.branches
+        qkv = self.qkv(x).reshape(B, H, W, 3, C)
+        outs = []
+        for i, window in enumerate(self.windows(H, W)):
+            part = slice(i * c, (i + 1) * c)
+            q, k, v = qkv[..., part].reshape(B, H, W, 3, heads, self.head_dim).unbind(3)
+            out = na2d(q, k, v, window, stride=window, scale=self.scale, pad=True, backend=self.backend)
+            outs.append(out.reshape(B, H, W, c) + _lepe(self.lepe, v.reshape(B, H, W, c), window, part))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        kind = "global" if self.global_attn else f"stripes of {self.split_size}"
+        return f"dim={self.dim}, num_heads={self.num_heads}, {kind}, backend={self.backend or 'auto'}"
+
+
+@register_notrace_module
+class FocusedLinearAttnLePE(FocusedLinearAttn):
+    """FLatten-CSWin's global attention: :class:`FocusedLinearAttn` (no spatial reduction) plus LePE, a depthwise
+    3x3 conv of ``v`` over the whole map (official ``get_v``), added before ``proj``. Arguments: the parent's."""
+
+    def __init__(self, dim: int, num_heads: int, *, map_size, focusing_factor: float = 3, kernel_size: int = 5,
+                 qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, backend: str | None = None,
+                 device=None, dtype=None):
+        super().__init__(dim, num_heads, map_size=map_size, focusing_factor=focusing_factor, kernel_size=kernel_size,
+                         qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, backend=backend, device=device,
+                         dtype=dtype)
+        self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
+
+    def attend(self, q, k, v, size, kv_size):
+        out = super().attend(q, k, v, size, kv_size)
+        B, H, W, C = out.shape
+        return out + self.lepe(v.reshape(B, H, W, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
