@@ -15,6 +15,7 @@ Family boilerplate lives here once: :func:`drop_path_rates`, :func:`init_linear_
 """
 
 import inspect
+from collections import OrderedDict
 from typing import Iterable
 
 import torch
@@ -24,7 +25,8 @@ from timm.layers import get_device_dtype, register_notrace_function, resample_ab
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-__all__ = ["Backbone", "BackboneFeatures", "Stage", "drop_path_rates", "init_linear_trunc_normal", "pretrained_cfg"]
+__all__ = ["Backbone", "BackboneFeatures", "Stage", "drop_path_rates", "feature_cfg", "init_linear_trunc_normal",
+           "pretrained_cfg"]
 
 
 class Backbone(nn.Module):
@@ -254,8 +256,44 @@ def pretrained_cfg(*, paper: tuple[str, str], origin_url: str, first_conv: str, 
 
 class BackboneFeatures(FeatureGetterNet):
     """``features_only=True`` wrapper: timm's getter (``forward_intermediates`` + pruning) that also
-    forwards ``set_grad_checkpointing``, which detection/segmentation stacks call on backbones."""
+    forwards ``set_grad_checkpointing``, which detection/segmentation stacks call on backbones.
+
+    ``return_dict=True`` (what ``feature_cls="dict"`` selects) returns an ``OrderedDict`` keyed like timm's
+    ``FeatureDictNet``: ``out_map[i]`` if given, else ``str(out_index)``.
+    """
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
+
+    def forward(self, x: torch.Tensor):
+        features = super().forward(x)
+        if not self.return_dict:
+            return features
+        keys = self.out_map if self.out_map is not None else self.feature_info.out_indices
+        if len(keys) != len(features):
+            raise ValueError(f"out_map needs one name per feature level ({len(features)}), got {self.out_map!r}")
+        return OrderedDict((str(k), f) for k, f in zip(keys, features))
+
+
+#: timm's ``feature_cls`` names -> :class:`BackboneFeatures` options. timm's own ``FeatureDictNet`` /
+#: ``FeatureListNet`` / ``FeatureHookNet`` / ``FeatureGraphNet`` rebuild the network from its children (or
+#: hook the modules ``feature_info`` names) and return the raw module outputs: here that is ``[B, H, W, C]``
+#: token maps for ``nhwc_stages`` families, a ``stages.i`` that is not a top-level child (hence timm's
+#: "Return layers {'stages.0', ...} are not present"), and no custom ``forward_intermediates`` (MaxViT,
+#: the isotropic simple pyramid). Every name therefore maps onto the getter, the one path that returns
+#: the documented NCHW taps; only the container type differs.
+_FEATURE_CLS = {"getter": {}, "list": {}, "dict": {"return_dict": True}, "hook": {}, "fx": {}}
+
+
+def feature_cfg(out_indices: tuple[int, ...], feature_cls=None, out_map=None) -> dict:
+    """timm ``feature_cfg`` of a visionzoo model for ``features_only=True`` with timm's ``feature_cls=``."""
+    if feature_cls is None or isinstance(feature_cls, type):
+        cfg = {"feature_cls": feature_cls or BackboneFeatures}
+    elif isinstance(feature_cls, str) and feature_cls.lower() in _FEATURE_CLS:
+        cfg = {"feature_cls": BackboneFeatures, **_FEATURE_CLS[feature_cls.lower()]}
+    else:
+        raise ValueError(f"feature_cls must be one of {sorted(_FEATURE_CLS)} or a class, got {feature_cls!r}")
+    if out_map is not None:
+        cfg["out_map"] = tuple(out_map)
+    return dict(out_indices=out_indices, **cfg)

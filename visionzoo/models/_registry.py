@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ._base import BackboneFeatures
+from . import _hf_layout, _pretrained_sources
+from ._base import feature_cfg
 
 __all__ = ["PREFIX", "ModelEntry", "FamilyEntry", "MODELS", "FAMILIES", "register_family", "build", "tiny_overrides"]
 
@@ -49,6 +50,12 @@ class ModelEntry:
     pretrained_cfg: dict
     #: facts for docs and tests: official param count key, official top-1, GFLOPs source
     meta: dict = field(default_factory=dict)
+    #: every pretrained tag (``tag`` first) -> its timm pretrained cfg (see ``_pretrained_sources``)
+    tag_cfgs: dict = field(default_factory=dict)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(self.tag_cfgs) or (self.tag,)
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -74,11 +81,12 @@ def build(name: str, pretrained: bool = False, **kwargs):
     overrides, kwargs = _split_kwargs(entry.cfg, dict(kwargs), family.aliases)
     cfg = dataclasses.replace(entry.cfg, **overrides) if overrides else entry.cfg
     out_indices = tuple(range(family.model_cls.num_stages(cfg)))
+    # timm's feature_cls= / out_map= only mean something with features_only=True (else the model rejects them)
+    features = feature_cfg(out_indices, *(kwargs.pop(k, None) for k in ("feature_cls", "out_map"))) \
+        if kwargs.get("features_only") else feature_cfg(out_indices)
     return build_model_with_cfg(
         family.model_cls, PREFIX + name, pretrained, cfg=cfg,
-        pretrained_filter_fn=family.filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls=BackboneFeatures),
-        **kwargs,
+        pretrained_filter_fn=family.filter_fn, feature_cfg=features, **kwargs,
     )
 
 
@@ -101,8 +109,10 @@ def register_family(module: str, family: str, model_cls: type, variants: dict[st
     Args:
         module: the family module's ``__name__``.
         variants: plain name -> frozen config.
-        pretrained_cfgs: plain name -> timm pretrained-cfg dict (data config, head names, license...).
-        filter_fn: the family's ``checkpoint_filter_fn`` (official/timm -> visionzoo keys).
+        pretrained_cfgs: plain name -> timm pretrained-cfg dict (data config, head names, license...);
+            models with released weights get one tag per source in ``_pretrained_sources`` on top of it.
+        filter_fn: the family's ``checkpoint_filter_fn`` (official/timm -> visionzoo keys); families with
+            a transformers layout (``_hf_layout``) also read that.
         meta: plain name -> facts (``official_params_key``, ``top1``...).
         official: official family names this module converts, see :class:`FamilyEntry`.
         tiny: ``fn(cfg) -> overrides`` giving a reduced model of each variant for the contract tests
@@ -112,15 +122,19 @@ def register_family(module: str, family: str, model_cls: type, variants: dict[st
     missing = set(variants) ^ set(pretrained_cfgs)
     if missing:
         raise ValueError(f"register_family({family!r}): variants and pretrained_cfgs differ on {sorted(missing)}")
+    filter_fn = _hf_layout.accepting_transformers_layout(family, filter_fn)
     FAMILIES[family] = FamilyEntry(family, module, model_cls, filter_fn, dict(official or {}), paper, tiny,
                                    dict(aliases or {}))
+    # released weights: one tag per source recorded in _pretrained_sources (first = default), else the family tag
+    by_tag = {n: _pretrained_sources.tag_cfgs(n, family, pretrained_cfgs[n], tag) for n in variants}
     mod = sys.modules[module]
     mod.default_cfgs = generate_default_cfgs(
-        {f"{PREFIX}{n}.{tag}": dict(pretrained_cfgs[n], architecture=PREFIX + n) for n in variants})
+        {f"{PREFIX}{n}.{t}": dict(c, architecture=PREFIX + n) for n in variants for t, c in by_tag[n].items()})
     for n, cfg in variants.items():
         if n in MODELS:
             raise ValueError(f"model name {n!r} registered twice ({MODELS[n].family} and {family})")
-        MODELS[n] = ModelEntry(n, family, cfg, tag, pretrained_cfgs[n], dict((meta or {}).get(n, {})))
+        default = next(iter(by_tag[n]))
+        MODELS[n] = ModelEntry(n, family, cfg, default, by_tag[n][default], dict((meta or {}).get(n, {})), by_tag[n])
         register_model(_entrypoint(module, n))
 
 
