@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp, get_device_dtype, resample_abs_pos_embed
+from timm.layers import DropPath, Mlp, get_device_dtype, register_notrace_function, resample_abs_pos_embed
 from timm.layers.attention import Attention
 from timm.models._features import feature_take_indices
 
@@ -86,6 +86,15 @@ class AgentDeiTCfg:
         """Agents of block ``i``, or None for a plain softmax-attention block."""
         n_agent = self.agent_layer if self.agent_layer > 0 else self.depth
         return int(self.agent_num[_STAGE_OF_PAIR.get(i // 2, 3)]) if i < n_agent else None
+
+
+@torch.fx.wrap
+@register_notrace_function  # shape-dependent Python: a leaf for FX
+def pos_embed_for(pos_embed: torch.Tensor, grid: int, height: int, width: int) -> torch.Tensor:
+    """``pos_embed [1, 1 + grid * grid, C]`` for a ``height x width`` patch map: the patch entries resampled
+    bicubically (``align_corners=False``, no antialiasing: the official fine-tuning loader's resize), the class
+    token's kept."""
+    return resample_abs_pos_embed(pos_embed, [height, width], [grid, grid], num_prefix_tokens=1, antialias=False)
 
 
 class TokenBlock(nn.Module):
@@ -155,7 +164,7 @@ class TokenHead(nn.Module):
         x = self.drop(x)
         if pre_logits:
             return x
-        return self.fc(x) if x.ndim == 2 else self.fc(x.movedim(1, -1)).movedim(-1, 1)
+        return self.fc(x) if self.pool_type else self.fc(x.movedim(1, -1)).movedim(-1, 1)
 
 
 class AgentDeiT(Backbone):
@@ -226,9 +235,8 @@ class AgentDeiT(Backbone):
         """Image -> ``[cls, patches] + pos_embed`` tokens ``[B, 1 + H*W, C]`` and the patch grid ``(H, W)``."""
         x = self.stem(x)  # [B, H, W, C]
         B, H, W, C = x.shape
-        g = self.cfg.grid
-        pos = resample_abs_pos_embed(self.pos_embed, [H, W], [g, g], num_prefix_tokens=1, antialias=False)
-        x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], 1) + pos
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], 1)
+        x = x + pos_embed_for(self.pos_embed, self.cfg.grid, H, W)
         return self.pos_drop(x), (H, W)
 
     def _run(self, stage: TokenStage, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
