@@ -45,8 +45,10 @@ def _detector(kind, backbone):
     return model
 
 
-@pytest.mark.parametrize("kind", ["faster", "mask", "retinanet"])
-@pytest.mark.parametrize("name", MODELS)
+CASES = [(name, kind) for name in MODELS for kind in ("faster", "mask", "retinanet")]
+
+
+@pytest.mark.parametrize(("name", "kind"), [*CASES, ("vitrpb_small", "faster")])  # + an isotropic simple pyramid
 def test_train_step_and_eval(name, kind):
     retina = kind == "retinanet"
     backbone = _backbone(

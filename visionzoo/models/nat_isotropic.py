@@ -10,18 +10,26 @@ position embedding.
 The 12 layers are grouped into 4 "stages" of 3 (no downsampling between them), so the contract's
 feature taps are layers 3, 6, 9 and 12, all at stride 16; the official flat ``layers.{j}`` keys
 map onto ``stages.{j // 3}.blocks.{j % 3}``. A :class:`~visionzoo.models.nat.NATCfg` with a patch stem
-and ``downsample='none'``, built by :class:`~visionzoo.models._hierarchical.HierarchicalNet`.
+and ``downsample='none'``, built by :class:`IsotropicNet` (the shared hierarchical model).
+
+Detection backbones: ``create_model(name, features_only=True, feature_pyramid="simple")`` returns ViTDet's
+simple feature pyramid instead (:mod:`~visionzoo.models._simple_pyramid`: strides 4, 8, 16, 32, all from the
+last layer's map; ``out_indices`` then index those four levels).
 """
 from __future__ import annotations
 
 import dataclasses
 
+import torch
+from timm.models._features import feature_take_indices
+
 from .. import convert
 from ._hierarchical import HierarchicalNet, MixerCfg, StemCfg
 from ._registry import register_family
+from ._simple_pyramid import SCALES, SimplePyramid
 from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_model_kwargs, tiny)
 
-__all__ = ["VARIANTS", "isotropic_cfg"]
+__all__ = ["IsotropicNet", "VARIANTS", "isotropic_cfg"]
 
 
 def _group(depth: int, groups: int = 4) -> tuple[int, ...]:
@@ -41,6 +49,63 @@ def isotropic_cfg(embed_dim: int, num_heads: int, depth: int = 12, kernel_size: 
                   stem=StemCfg("patch", patch_size, patch_norm), downsample="none",
                   mixer=MixerCfg("na") if kernel_size else MixerCfg("global_rpb", dict(table_size=table)))
     return NATCfg(**{**fields, **kw})
+
+
+class IsotropicNet(HierarchicalNet):
+    """:class:`HierarchicalNet` with an optional ViTDet simple pyramid over the last layer's map.
+
+    Args:
+        feature_pyramid: ``None`` (feature levels are the 4 layer groups, all at stride 16) or ``"simple"``
+            (``feature_info`` and ``forward_intermediates`` give the pyramid's strides 4, 8, 16, 32; the
+            classifier path is unchanged and does not use the pyramid).
+    """
+
+    def __init__(self, cfg, *args, feature_pyramid: str | None = None, **kwargs):
+        super().__init__(cfg, *args, **kwargs)
+        if feature_pyramid not in (None, "simple"):
+            raise ValueError(f"feature_pyramid must be None or 'simple', got {feature_pyramid!r}")
+        self.pyramid = None
+        if feature_pyramid == "simple":
+            dim, stride = self.feature_info[-1]["num_chs"], self.feature_info[-1]["reduction"]
+            self.pyramid = SimplePyramid(dim, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+            self.feature_info = [dict(num_chs=c, reduction=int(stride / s), module=f"pyramid.levels.{i}", index=i,
+                                      stage=len(self.stages) - 1) for i, (c, s) in enumerate(zip(self.pyramid.channels,
+                                                                                                  SCALES))]
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        if self.pyramid is None:
+            return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
+        take, _ = feature_take_indices(len(SCALES), indices)
+        final, (last,) = super().forward_intermediates(x, [len(self.stages) - 1], norm, False, output_fmt)
+        levels = self.pyramid(last, take)
+        return levels if intermediates_only else (final, levels)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        if self.pyramid is None:
+            return super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        take, _ = feature_take_indices(len(SCALES), indices)
+        info = self.feature_info
+        super().prune_intermediate_layers(len(self.stages) - 1, prune_norm, prune_head)  # every level needs all layers
+        self.feature_info, self.num_features = info, info[-1]["num_chs"]
+        self.pyramid.drop_levels(take)
+        return take
+
+
+def _filter_fn(state_dict, model):
+    """The NAT converter; a classifier checkpoint (no ``pyramid.*`` keys) leaves the simple pyramid as
+    initialised (ViTDet's pyramid is new in detection too) instead of failing on its missing keys."""
+    pyramid = getattr(model, "pyramid", None)
+    state_dict = convert.unwrap_state_dict(state_dict)
+    if pyramid is None or any(k.startswith("pyramid.") for k in state_dict):
+        return checkpoint_filter_fn(state_dict, model)
+    model.pyramid = None  # convert against the trunk's keys
+    try:
+        out = checkpoint_filter_fn(state_dict, model)
+    finally:
+        model.pyramid = pyramid
+    return {**out, **{f"pyramid.{k}": v for k, v in pyramid.state_dict().items()}}
 
 
 def _official(kw: dict):
@@ -84,9 +149,9 @@ _FACTS = {
 }
 
 register_family(
-    __name__, "nat_isotropic", HierarchicalNet, VARIANTS,
+    __name__, "nat_isotropic", IsotropicNet, VARIANTS,
     {n: nat_pretrained_cfg(DINAT_PAPER, "stem.proj", reduction=16) for n in VARIANTS},
-    checkpoint_filter_fn,
+    _filter_fn,
     meta={n: dict(official_params_key=n, top1=t, top1_source="DiNAT README, isotropic models (ImageNet-1k, 224)")
           for n, t in _FACTS.items()},
     official={"nat_isotropic": _official},
