@@ -10,7 +10,7 @@ import timm
 import torch
 
 from . import convert
-from .models import _registry
+from .models import _pretrained_sources, _registry
 from .models._registry import FAMILIES, MODELS, PREFIX
 
 __all__ = ["UnknownModelError", "create_model", "list_models", "list_families", "list_official_families",
@@ -32,8 +32,8 @@ def _split(name: str) -> tuple[str, str | None]:
         close = difflib.get_close_matches(plain, list(MODELS), n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else "; see visionzoo.list_models()"
         raise UnknownModelError(f"unknown model {name!r}{hint}")
-    if tag and tag != MODELS[plain].tag:
-        raise UnknownModelError(f"unknown tag {tag!r} for {plain!r}; known: {MODELS[plain].tag!r}")
+    if tag and tag not in MODELS[plain].tags:
+        raise UnknownModelError(f"unknown tag {tag!r} for {plain!r}; known: {', '.join(MODELS[plain].tags)}")
     return plain, tag or None
 
 
@@ -54,8 +54,9 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
     Args:
         name: a registered name (``"eca_resnet50"``, optionally ``.tag`` or the ``vz_`` prefix), or a
             ``local-dir:/path`` / ``hf-hub:org/repo`` export (``config.json`` + weights).
-        pretrained: load the published weights of the tag; visionzoo hosts none yet, so this raises
-            with the ways to load weights instead.
+        pretrained: download the released weights of the tag (default: the model's first tag; see
+            ``model_info(name)["tags"]``) through timm's loader / huggingface_hub and convert them. Weights
+            only on a cloud share raise with the link and the ``checkpoint_path=`` call.
         checkpoint_path: a visionzoo, official-repository or timm checkpoint (``.pth``, ``.pt``,
             ``.bin``, ``.safetensors``; wrapped in ``model``/``state_dict``/``module.`` or not). The
             family converter detects the layout. Loaded before any feature wrapping; the class count
@@ -86,17 +87,9 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
             overlay["num_classes"] = ckpt_classes
             kwargs.setdefault("num_classes", ckpt_classes)
         return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    if pretrained and not _has_weights(plain):
-        raise RuntimeError(
-            f"no published weights for {plain!r} yet. Load weights instead with "
-            f"create_model({plain!r}, checkpoint_path='official_or_timm_or_visionzoo.pth'), "
-            f"create_model('local-dir:/path/to/export'), or create_model('hf-hub:org/repo').")
+    if pretrained and (why := _pretrained_sources.unavailable_message(plain, tag)):
+        raise RuntimeError(why)
     return timm.create_model(arch, pretrained=pretrained, **kwargs)
-
-
-def _has_weights(plain: str) -> bool:
-    cfg = MODELS[plain].pretrained_cfg
-    return bool(cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file"))
 
 
 def list_models(pattern: str | None = None, family: str | None = None) -> list[str]:
@@ -131,7 +124,7 @@ def model_info(name: str) -> dict:
     model = _registry.build(plain, device="meta")
     cfg = entry.pretrained_cfg
     return dict(
-        name=plain, architecture=PREFIX + plain, tag=entry.tag, family=entry.family,
+        name=plain, architecture=PREFIX + plain, tag=entry.tag, tags=list(entry.tags), family=entry.family,
         config=dataclasses.asdict(entry.cfg), params=count_params(model), **entry.meta,
         input_size=cfg["input_size"], crop_pct=cfg.get("crop_pct"), interpolation=cfg.get("interpolation"),
         mean=cfg.get("mean"), std=cfg.get("std"), paper=cfg.get("paper_name"), paper_ids=cfg.get("paper_ids"),
