@@ -5,6 +5,7 @@
                       loading, per-sample seeded augmentation, resumable sharded sampler
 * :mod:`.modeling`    build the named model (visionzoo, timm, local-dir:/hf-hub:) with its weights
 * :mod:`.train_loop`  the training run (AMP, EMA, mixup, accumulation, clipping, DDP, resume)
+* :mod:`.resume_args` `--resume RUN_DIR`: the run's recorded flags, safe overrides, its own folder
 * :mod:`.evaluate`    the evaluation loop and ``validate.py``
 * :mod:`.checkpoint`  atomic checkpoints with the full training state, timm's file layout
 * :mod:`.distributed` torchrun process group, DDP wrapping, reductions

@@ -47,9 +47,16 @@ def parse_kwargs(items) -> dict:
             raise UsageError(f"--model-kwargs / --opt-kwargs expect key=value, got {item!r}")
         try:
             out[key] = _freeze(ast.literal_eval(value))
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError) as e:
+            if value.strip()[:1] in _LITERAL_START:  # meant as a literal, not a bare word: say why it is not one
+                reason = e.msg if isinstance(e, SyntaxError) else str(e).splitlines()[0]
+                raise UsageError(f"--model-kwargs / --opt-kwargs {key}={value}: {value!r} is not a Python literal "
+                                 f"({reason}); write e.g. {key}=(1,1,1,1), {key}=0.1 or {key}=name") from None
             out[key] = value
     return out
+
+
+_LITERAL_START = tuple("([{'\"-+.0123456789")
 
 
 def _freeze(v):
@@ -227,13 +234,13 @@ def validate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse, with ``-c FILE`` (YAML) supplying defaults."""
+def parse_args(parser: argparse.ArgumentParser, argv=None, use_config: bool = True) -> argparse.Namespace:
+    """Parse, with ``-c FILE`` (YAML) supplying defaults (unless ``use_config`` is False)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = _Parser(add_help=False, prog=parser.prog)
     pre.add_argument("-c", "--config", default="")
     known, _ = pre.parse_known_args(argv)
-    if known.config:
+    if known.config and use_config:
         import yaml
         try:
             with open(known.config) as f:

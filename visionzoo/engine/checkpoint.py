@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import random
 import re
@@ -29,7 +30,7 @@ import torch
 from ..convert import CheckpointError
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng", "restore_rng", "CheckpointSaver", "find_resume",
-           "CHECKPOINT_VERSION"]
+           "remove_stale_temporaries", "CHECKPOINT_VERSION"]
 
 _logger = logging.getLogger(__name__)
 
@@ -140,6 +141,9 @@ class CheckpointSaver:
 
     def save_epoch(self, state: dict, epoch: int, metric: float | None) -> bool:
         """Write ``last`` (+ ``checkpoint-<epoch>``, ``model_best``); True if this epoch is the new best."""
+        if metric is not None and not math.isfinite(metric):
+            _logger.warning("epoch %d: eval metric %s is not finite: not ranked (never model_best)", epoch, metric)
+            metric = None
         new_best = metric is not None and (self.best is None or self._better(metric, self.best[0]))
         keep = metric is not None and (len(self.history) < self.max_history
                                        or self._better(metric, self.history[-1][0]))
@@ -179,6 +183,20 @@ def _remove(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def remove_stale_temporaries(out_dir: str) -> list[str]:
+    """Remove the ``*.tmp-<pid>`` files a killed writer left in a run directory (``last.pth.tar.tmp-123``,
+    ``summary.csv.tmp-123``...): written to, never renamed, so never a complete file."""
+    removed = []
+    for p in glob.glob(os.path.join(out_dir, "*.tmp-*")):
+        if re.fullmatch(r".+\.tmp-\d+", os.path.basename(p)) and os.path.isfile(p):
+            _remove(p)
+            removed.append(p)
+    if removed:
+        _logger.warning("removed %d unfinished temporary file(s) of an interrupted write: %s", len(removed),
+                        ", ".join(os.path.basename(p) for p in removed))
+    return removed
 
 
 def find_resume(path: str) -> str:

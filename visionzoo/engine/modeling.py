@@ -27,6 +27,13 @@ def is_visionzoo_name(name: str) -> bool:
         return False
 
 
+def _canonical(name: str) -> str:
+    try:
+        return _split(name)[0]
+    except (UnknownModelError, TypeError):
+        return name
+
+
 def create(name: str, pretrained: bool = False, checkpoint_path: str | None = None, **kwargs) -> torch.nn.Module:
     """``create_model`` through visionzoo (its names and sources) or timm (its own names); None-valued
     kwargs are dropped. Bad names, arguments or weights raise :class:`UsageError` with the reason."""
@@ -69,9 +76,14 @@ def build_model(name: str | None, *, checkpoint: str | None = None, pretrained: 
                        **model_kwargs, **kwargs)
         return model, None
     arch = name or ckpt["arch"]
-    if name and name != ckpt["arch"]:
-        _logger.warning("--model %s differs from the checkpoint's architecture %s", name, ckpt["arch"])
-    kw = {**dict(ckpt.get("model_args") or {}), **dict(ckpt.get("model_kwargs") or {}), **model_kwargs,
+    recorded_kwargs = dict(ckpt.get("model_kwargs") or {})
+    if name and _canonical(name) != _canonical(ckpt["arch"]):
+        # timm's validate.py loads the checkpoint into --model; the run's --model-kwargs were arguments of
+        # its own architecture, so they are not carried over to another one
+        _logger.warning("--model %s differs from the checkpoint's architecture %s%s", name, ckpt["arch"],
+                        f"; its --model-kwargs {recorded_kwargs} are not applied" if recorded_kwargs else "")
+        recorded_kwargs = {}
+    kw = {**dict(ckpt.get("model_args") or {}), **recorded_kwargs, **model_kwargs,
           **{k: v for k, v in kwargs.items() if v is not None}}
     model = create(arch, num_classes=ckpt["num_classes"], **kw)
     key = "state_dict_ema" if use_ema else "state_dict"
@@ -80,8 +92,10 @@ def build_model(name: str | None, *, checkpoint: str | None = None, pretrained: 
     try:
         model.load_state_dict(ckpt[key], strict=True)
     except RuntimeError as e:
-        raise UsageError(f"checkpoint {checkpoint!r} does not fit {arch!r}: {str(e).splitlines()[0]} "
-                         "(same --model-kwargs as in training?)") from None
+        hint = (f"it was trained as {ckpt['arch']!r}: drop --model to evaluate it as trained"
+                if arch != ckpt["arch"] else "same --model-kwargs as in training?")
+        raise UsageError(f"checkpoint {checkpoint!r} does not fit --model {arch!r} ({hint}): "
+                         f"{str(e).splitlines()[0]}") from None
     if num_classes is not None and num_classes != ckpt["num_classes"]:
         _logger.info("new %d-class classifier (the checkpoint has %d classes)", num_classes, ckpt["num_classes"])
         model.reset_classifier(num_classes)

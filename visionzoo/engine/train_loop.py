@@ -35,12 +35,13 @@ from .. import __version__
 from . import checkpoint as ckpt_mod
 from . import data as vzdata
 from . import distributed as vzdist
-from .args import args_to_yaml, check_train_args, parse_args, resolve_amp_dtype, train_parser
+from .args import args_to_yaml, check_train_args, resolve_amp_dtype, train_parser
 from .errors import DataError, NonFiniteLossError, TrainingInterrupted, UsageError
 from .evaluate import autocast, evaluate
 from .modeling import build_model
 from .plot import plot_summary
 from .progress import Progress, format_seconds
+from .resume_args import parse_train_args, resume_run_dir
 
 __all__ = ["train_main", "Trainer"]
 
@@ -246,8 +247,9 @@ class Trainer:
 
     def _output_dir(self, resume_ckpt) -> str:
         args = self.args
-        if resume_ckpt is not None and not args.experiment and not args.output:
-            out = os.path.dirname(os.path.abspath(self.resume_path))
+        if resume_ckpt is not None:  # the run's own folder, wherever it now is (never the recorded path)
+            out = resume_run_dir(args.resume)
+            ckpt_mod.remove_stale_temporaries(out)
         else:
             name = args.experiment or "-".join([
                 datetime.now().strftime("%Y%m%d-%H%M%S"), _safe(args.model),
@@ -485,6 +487,9 @@ class Trainer:
         m = evaluate(model, self.val_loader, device=self.device, amp_dtype=self.amp_dtype,
                      channels_last=self.args.channels_last, info=self.info, desc=desc,
                      log_interval=self.args.log_interval, logger=_logger)
+        if not m["samples"]:
+            raise DataError(f"{desc}: none of the {m['skipped_samples']} validation samples could be read "
+                            f"(split {self.args.val_split!r}); fix the data before any checkpoint is written")
         return OrderedDict((k, m[k]) for k in ("loss", "top1", "top5", "samples", "skipped_samples"))
 
     def _end_epoch(self, epoch: int, train_metrics: dict, eval_metrics: dict, metric: float, lr: float) -> None:
@@ -532,7 +537,7 @@ def _safe(name: str) -> str:
 
 def train_main(argv=None) -> int:
     parser = train_parser()
-    args = parse_args(parser, argv)
+    args = parse_train_args(parser, argv)
     try:
         args.dataset = vzdata.resolve_dataset_name(args.dataset, args.data_dir)
         check_train_args(args)
