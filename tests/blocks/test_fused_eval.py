@@ -51,19 +51,13 @@ def test_conv_bn_act_folded(groups, kernel, stride, pre, act, post):
         torch.testing.assert_close(fused_eval.conv_act(x, w, b, conv, post), want, rtol=1e-5, atol=1e-5)
 
 
-def test_folded_cache_follows_in_place_updates():
+def test_folded_recomputes_every_call():
+    """No cache: a ``.data`` edit does not bump ``_version``, so no version-keyed cache could see it."""
     owner, t = nn.Module(), torch.ones(3)
-    calls = []
-
-    def make():
-        calls.append(1)
-        return t * 2
-
-    first = fused_eval.folded(owner, "_x", (t,), make)
-    assert fused_eval.folded(owner, "_x", (t,), make) is first and len(calls) == 1
-    t.add_(1)  # an optimizer step / load_state_dict: the version moves
-    torch.testing.assert_close(fused_eval.folded(owner, "_x", (t,), make), torch.full((3,), 4.0))
-    assert len(calls) == 2
+    for want in (2.0, 3.6):
+        torch.testing.assert_close(fused_eval.folded(owner, "_x", (t,), lambda: t * 2), torch.full((3,), want))
+        t.data.mul_(0.9)
+        t.data.add_(0.9)
 
 
 def test_applies_only_without_autograd_in_eval():
@@ -228,3 +222,199 @@ def test_model_fast_path_equals_plain_path(name, monkeypatch):
         plain = model(x)
     assert not calls
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+# ---- the fused path after any way of changing weights (issue 21 B) ------------------------------------------
+FUSED_FAMILIES = ["eca_resnet18", "se_resnet50", "maxvit_tiny", "dinat_mini", "van_b0", "litv2_small", "shvit_s1",
+                  "biformer_tiny"]
+
+
+def _float_tensors(model: nn.Module):
+    return [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+
+
+def _edit_data(model):
+    for t in _float_tensors(model):
+        t.data.mul_(0.9)  # bypasses the version counter
+
+
+def _edit_in_place(model):
+    with torch.no_grad():
+        for t in _float_tensors(model):
+            t.mul_(1.1)
+
+
+def _edit_assign_data(model):
+    for t in _float_tensors(model):
+        t.data = t.data * 0.8  # new storage
+
+
+def _edit_load_state_dict(model):
+    sd = {k: v * 0.7 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(sd)
+
+
+def _edit_to_dtype(model):
+    model.double()
+    _edit_data(model)
+    model.float()
+
+
+EDITS = {"data": _edit_data, "in_place": _edit_in_place, "assign_data": _edit_assign_data,
+         "load_state_dict": _edit_load_state_dict, "to_dtype": _edit_to_dtype}
+
+
+def _perturbed_tiny(name: str) -> nn.Module:
+    from tests.models import create_tiny
+    g = torch.Generator().manual_seed(3)
+    model = create_tiny(name, num_classes=5).eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.load_state_dict(_bn(mod.num_features, g).state_dict())
+        gamma = getattr(mod, "gamma", None)
+        if isinstance(gamma, torch.Tensor):
+            gamma.data.uniform_(0.5, 1.5, generator=g)
+    return model
+
+
+def _plain(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model on its plain modules (fused path off), autograd off."""
+    old = fused_eval._AVAILABLE
+    fused_eval._AVAILABLE = False
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        fused_eval._AVAILABLE = old
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+@pytest.mark.parametrize("name", FUSED_FAMILIES)
+def test_fused_path_follows_weight_edits(name, edit):
+    """Eval under no_grad after ``p.data.mul_``, in-place ops, ``p.data = ...``, ``load_state_dict`` and a
+    ``to(dtype)`` round trip equals the plain path (the stale-cache bug: logits off by 0.23 / 1.4e-2)."""
+    model = _perturbed_tiny(name)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)  # the fused path ran (and, before the fix, cached its folds)
+    EDITS[edit](model)
+    with torch.no_grad():
+        after = model(x)
+    plain = _plain(model, x)
+    assert (after - before).abs().max() > 1e-3  # the edit moved the output
+    torch.testing.assert_close(after, plain, rtol=1e-4, atol=1e-4)
+
+
+# ---- never under graph capture (issue 21 A) ------------------------------------------------------------------
+def test_capturing_under_each_tracer():
+    assert not fused_eval.capturing()
+    compiled = torch.compile(lambda x: x + float(fused_eval.capturing()), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(torch.zeros(2)), torch.ones(2))
+    traced = torch.jit.trace(lambda x: x + float(fused_eval.capturing()), (torch.zeros(2),), check_trace=False)
+    torch.testing.assert_close(traced(torch.zeros(2)), torch.ones(2))
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False):
+        assert fused_eval.capturing()
+
+
+@pytest.mark.parametrize("name", ["eca_resnet18", "maxvit_tiny", "dinat_mini", "van_b0", "litv2_small"])
+def test_graphs_hold_no_onednn_ops(name):
+    """jit.trace, torch.export and make_fx of an eval model under no_grad record the plain ATen ops
+    (the fused path ran while tracing: 'unsupported input list type: Scalar?' in jit.trace, a
+    ``mkldnn._linear_pointwise.binary`` node in an exported program); the graphs equal eager."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    model = _perturbed_tiny(name)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        traced = torch.jit.trace(model, (x,), check_trace=False)
+        exported = torch.export.export(model, (x,))
+        fx = make_fx(lambda t: model(t))(x)
+    assert "mkldnn" not in str(traced.inlined_graph)
+    assert "mkldnn" not in str(exported.graph) and "mkldnn" not in str(fx.graph)
+    with torch.no_grad():
+        for got in (traced(x), exported.module()(x), fx(x)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fx_proxy_takes_the_plain_path():
+    from torch.fx import symbolic_trace
+    block = nn.Module()
+    block.fc = nn.Linear(4, 4)
+    block.eval()
+
+    class Owner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return fused_eval.linear(self, self.fc, x)
+
+    gm = symbolic_trace(Owner().eval())
+    assert "mkldnn" not in str(gm.graph) and "fc" in str(gm.graph)
+
+
+# ---- only BatchNorm types it knows fold (issue 17 item 4: DetrFrozenBatchNorm2d has no eps) ----------------
+class FrozenBNWithoutEps(nn.Module):
+    """Mimics transformers' ``DetrFrozenBatchNorm2d``: statistics as buffers, epsilon fixed in forward,
+    no ``eps`` attribute."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        for name, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            self.register_buffer(name, torch.full((n,), fill))
+
+    def forward(self, x):
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + 1e-5).rsqrt()
+        return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+
+def _replace_exact_bn(module: nn.Module, make) -> int:
+    """transformers' ``replace_batch_norm`` for exact ``nn.BatchNorm2d`` children (copying statistics)."""
+    count = 0
+    for child_name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = make(child.num_features)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new, key).copy_(getattr(child, key).detach())
+            setattr(module, child_name, new)
+            count += 1
+        else:
+            count += _replace_exact_bn(child, make)
+    return count
+
+
+def test_bn_foldable_types():
+    assert fused_eval.bn_foldable(nn.BatchNorm2d(3).eval()) and fused_eval.bn_foldable(None)
+    assert not fused_eval.bn_foldable(nn.BatchNorm2d(3))  # training: batch statistics
+    assert not fused_eval.bn_foldable(nn.BatchNorm2d(3, track_running_stats=False).eval())
+    assert not fused_eval.bn_foldable(FrozenBNWithoutEps(3).eval())
+
+    class MyBN(nn.BatchNorm2d):  # a subclass may change forward: not folded
+        pass
+    assert not fused_eval.bn_foldable(MyBN(3).eval())
+
+
+@pytest.mark.parametrize("name", ["eca_resnet18", "cbam_resnet18", "shvit_s1"])
+def test_unknown_frozen_bn_runs_as_itself(name):
+    """A backbone whose BatchNorms were replaced by a DETR-style frozen BN (no ``eps``) evaluates under
+    no_grad (it raised ``AttributeError: ... 'eps'``) and equals the plain path."""
+    model = _perturbed_tiny(name)
+    assert _replace_exact_bn(model, FrozenBNWithoutEps) > 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(got, _plain(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_transformers_frozen_bn():
+    transformers_detr = pytest.importorskip("transformers.models.detr.modeling_detr",
+                                            reason="transformers not installed (optional framework)")
+    model = _perturbed_tiny("eca_resnet18")
+    with torch.no_grad():
+        want = model(torch.ones(1, 3, 64, 64))
+    transformers_detr.replace_batch_norm(model)
+    assert any(type(m).__name__ == "DetrFrozenBatchNorm2d" for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.ones(1, 3, 64, 64)), want, rtol=1e-4, atol=1e-4)

@@ -7,14 +7,41 @@ also used by the fused inference paths). ``fuse()`` returns the single ``Conv2d`
 in; ``ResidualBN`` additionally folds its identity shortcut into a depthwise 3x3 ``ConvBN`` (centre
 tap + 1), and :func:`fuse_modules` applies every ``fuse()`` of a model in place.
 Folding is exact in real arithmetic; in float32 outputs move by rounding only (~1e-6 relative).
+Only :func:`bn_foldable` norms fold (known BatchNorm types); any other norm put in ``bn`` (e.g. by
+transformers' ``replace_batch_norm``) runs as itself.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["ConvBN", "ResidualBN", "bn_folded_conv", "bn_scale_shift", "fuse_modules"]
+__all__ = ["ConvBN", "ResidualBN", "bn_foldable", "bn_folded_conv", "bn_scale_shift", "fuse_modules",
+           "register_foldable_bn"]
+
+
+#: norms whose eval forward is exactly ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``
+#: (the ``*Act`` ones then apply their ``act``): exact types, a subclass may override ``forward``
+_FOLDABLE_BN = {nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, BatchNormAct2d, SyncBatchNormAct,
+                FrozenBatchNormAct2d, FrozenBatchNorm2d}
+
+
+def register_foldable_bn(cls: type) -> type:
+    """Class decorator: ``cls`` (a BatchNorm subclass whose forward only moves axes around the
+    BatchNorm's affine map) folds like a BatchNorm (:func:`bn_foldable`)."""
+    _FOLDABLE_BN.add(cls)
+    return cls
+
+
+def bn_foldable(bn: nn.Module | None) -> bool:
+    """``bn`` (``None``: absent) folds into a neighbouring linear map: a known BatchNorm type
+    (``_FOLDABLE_BN``) in eval mode that normalises with its running statistics."""
+    if bn is None:
+        return True
+    return (type(bn) in _FOLDABLE_BN and not bn.training and getattr(bn, "running_var", None) is not None
+            and getattr(bn, "running_mean", None) is not None)
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +77,7 @@ class ConvBN(nn.Sequential):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training or not bn_foldable(self.bn):
             return self.bn(self.c(x))
         # eval: the BN folded into the conv on the fly, one pass over the activations instead of two
         c = self.c

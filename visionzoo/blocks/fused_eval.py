@@ -9,17 +9,29 @@ Inductor's CPU fusions emit); this module calls them from eager code.
 
 The fast path applies only when nothing can observe the difference: the module is in eval mode,
 autograd is off (``torch.no_grad`` / ``torch.inference_mode``: these ops have no backward), the
-input is a float32 CPU tensor (not an FX proxy), the code runs eagerly (not under
-``torch.compile``, whose Inductor fuses on its own) and oneDNN is built and enabled. Otherwise the
-callers run their plain modules. Used by MaxViT (MBConv, MLP, attention projections), the NAT
+input is a plain float32 CPU tensor and oneDNN is built and enabled, and no graph is being captured
+(:func:`capturing`: ``torch.compile``, whose Inductor fuses on its own, ``torch.export``,
+``torch.jit.trace`` / ``script``; FX proxies and the fake / functional tensors of export and
+``make_fx`` are not plain tensors). A graph must hold the portable ATen ops, never these
+oneDNN-only ones. Otherwise the callers run their plain modules.
+
+Used by MaxViT (MBConv, MLP, attention projections), the NAT
 family (qkv / proj), every :class:`~visionzoo.blocks.TransformerBlock` (NAT / DiNAT / BiFormer MLPs,
 layer scale folded; VAN / LITv2 DW-conv MLPs with GELU fused into the depthwise conv and a BatchNorm
 pre-norm folded into ``fc1``), VAN's attention (BatchNorm pre-norm, inner shortcut and layer scale
 folded into its projections) and the attention ResNets (Conv-BN-ReLU). Results equal the plain path
 up to float rounding (BN folding reassociates; ~1e-6 relative), which the model tests check.
 
-Folded weights are cached on the owning module and rebuilt when any source tensor changes
-(storage or in-place version, e.g. an optimizer step or ``load_state_dict``).
+BatchNorms fold only when :func:`bn_foldable`: the exact types whose eval forward is the affine map
+of their ``weight`` / ``bias`` / ``running_*`` / ``eps`` (torch's, timm's and torchvision's); any
+other norm (e.g. transformers' ``DetrFrozenBatchNorm2d``, which has no ``eps``, or a subclass with
+its own forward) sends the caller to its plain modules.
+
+Folded weights are recomputed on every call (:func:`folded`), never cached: a cache keyed by tensor
+identity and ``_version`` misses edits through ``.data`` (``p.data.mul_(0.9)`` does not bump the
+parameter's version) and storage reuse, and a checksum reads every weight as folding does. The
+fold is an elementwise pass over the weights; ``benchmarks/bench_fold_cache.py`` measures its cost
+(< 1 % of the fused forward at batch 8, see its docstring).
 """
 from __future__ import annotations
 
@@ -28,12 +40,13 @@ import torch.nn as nn
 from timm.layers import GELUTanh, Mlp
 from timm.layers import GELU as TimmGELU
 
-from .conv_bn import bn_folded_conv, bn_scale_shift
+from .conv_bn import bn_foldable, bn_folded_conv, bn_scale_shift
 from .mlp import DWConvMlp
 
 
-__all__ = ["applies", "fused_act", "linear", "linear_act", "linear_add", "mlp_applies", "mlp_add", "conv_act", "folded",
-           "conv_bn_folded", "pre_bn_folded_linear", "dwconv_mlp_applies", "dwconv_mlp_add"]
+__all__ = ["applies", "capturing", "bn_foldable", "fused_act", "linear", "linear_act", "linear_add", "mlp_applies",
+           "mlp_add", "conv_act", "folded", "conv_bn_folded", "pre_bn_folded_linear", "dwconv_mlp_applies",
+           "dwconv_mlp_add"]
 
 NO_ACT = ("none", "")
 
@@ -50,13 +63,24 @@ def _ops_available() -> bool:
 _AVAILABLE = _ops_available()
 
 
+def capturing() -> bool:
+    """A graph is being captured: ``torch.compile`` / ``torch.export`` (strict or not),
+    ``torch.jit.trace`` / ``script``, or a ``TorchDispatchMode`` is active (``make_fx``'s proxy mode,
+    fake / functional tensor modes, ``FlopCounterMode``: all record or count ATen ops)."""
+    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or _dispatch_mode_active())
+
+
+def _dispatch_mode_active() -> bool:
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
 def applies(module: nn.Module, x) -> bool:
-    """The fast path may run: eval mode, no autograd, a float32 CPU tensor, oneDNN enabled, eager
-    (``torch.compile`` traces the plain modules: Inductor makes its own fusions, and cannot lower
-    these ops with weights that are graph inputs)."""
-    return (_AVAILABLE and isinstance(x, torch.Tensor) and not module.training and not torch.is_grad_enabled()
+    """The fast path may run: eval mode, no autograd, a plain float32 CPU tensor (not an FX proxy nor a
+    fake / functional tensor of a tracer), oneDNN enabled, and no graph capture (:func:`capturing`)."""
+    return (_AVAILABLE and type(x) is torch.Tensor and not module.training and not torch.is_grad_enabled()
             and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
-            and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+            and not capturing())
 
 
 def fused_act(act: nn.Module) -> tuple[str, str] | None:
@@ -104,7 +128,7 @@ def mlp_applies(owner: nn.Module, mlp: nn.Module, x: torch.Tensor) -> bool:
 def mlp_add(owner: nn.Module, mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor,
             gamma: torch.Tensor | None = None) -> torch.Tensor:
     """``residual + gamma * mlp(x)`` as two oneDNN GEMMs: fc1 with the activation as a post-op, fc2 with
-    the residual sum (``gamma``, a layer scale, folded into fc2's weights, cached on ``owner``). Only
+    the residual sum (``gamma``, a layer scale, folded into fc2's weights).  Only
     where :func:`mlp_applies`; dropout and drop-path are identities there (eval)."""
     fc1, fc2 = mlp.fc1, mlp.fc2
     w2, b2 = fc2.weight, fc2.bias
@@ -125,18 +149,16 @@ def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c
 
 
 def folded(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], make):
-    """``make()`` cached on ``owner`` under ``name`` until a tensor of ``sources`` changes."""
-    key = tuple((t.data_ptr(), t._version, t.dtype) for t in sources)
-    hit = owner.__dict__.get(name)
-    if hit is None or hit[0] != key:
-        hit = owner.__dict__[name] = (key, make())
-    return hit[1]
+    """``make()``: folded weights of ``sources``, recomputed on every call (see the module docstring:
+    no cache can see ``.data`` edits). ``owner`` / ``name`` / ``sources`` name what is folded."""
+    del owner, name, sources
+    return make()
 
 
 def conv_bn_folded(owner: nn.Module, name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d,
                    pre_bn: nn.BatchNorm2d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``bn(conv(pre_bn(x)))`` (:func:`~visionzoo.blocks.conv_bn.bn_folded_conv`),
-    cached on ``owner`` under ``name`` until a weight or a BN statistic changes."""
+    recomputed per call (:func:`folded`); only where :func:`bn_foldable` holds for both norms."""
     bns = (bn,) if pre_bn is None else (pre_bn, bn)
     sources = tuple(t for m in bns for t in (m.weight, m.bias, m.running_mean, m.running_var))
     sources += tuple(t for t in (conv.weight, conv.bias) if t is not None)
@@ -146,7 +168,7 @@ def conv_bn_folded(owner: nn.Module, name: str, conv: nn.Conv2d, bn: nn.BatchNor
 def pre_bn_folded_linear(owner: nn.Module, name: str, fc: nn.Linear, bn: nn.BatchNorm2d | None,
                          gamma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weight and bias of ``gamma * fc(bn(x))`` on channels-last tokens (``bn`` in eval: a per-channel
-    affine map ``x * s + t``, so ``W' = W diag(s)``, ``b' = W t + b``), cached on ``owner`` under ``name``."""
+    affine map ``x * s + t``, so ``W' = W diag(s)``, ``b' = W t + b``), recomputed per call (:func:`folded`)."""
     sources = tuple(t for t in (fc.weight, fc.bias, gamma) if t is not None)
     if bn is not None:
         sources += (bn.weight, bn.bias, bn.running_mean, bn.running_var)

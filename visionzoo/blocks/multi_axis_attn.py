@@ -58,6 +58,8 @@ class PartitionAttn2d(nn.Module):
         p = self.partition_size
         q, k, v = fused_eval.linear(self, self.qkv, x).view(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
         dilation = 1 if self.partition == "block" else (-(-H // p), -(-W // p))
+        if torch.jit.is_tracing() and dilation != 1:  # sizes are traced tensors: the trace keeps this size's grid
+            dilation = (int(dilation[0]), int(dilation[1]))
         out = na2d(q, k, v, p, dilation, stride=p, rpb=self.rel_pos.table, scale=self.head_dim ** -0.5,
                    backend=self.backend, pad=True)
         return self.proj_drop(fused_eval.linear(self, self.proj, out.reshape(B, H, W, C)))

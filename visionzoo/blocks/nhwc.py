@@ -14,6 +14,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 
 from ..ops.partition import pad_to_multiple
+from .conv_bn import register_foldable_bn
 
 __all__ = ["BatchNormNhwc", "NhwcSequential", "NhwcStem", "ConvTokenizer", "ConvDownsample", "ConvLN", "LayerNorm",
            "UnappliedLayerNorm"]
@@ -26,6 +27,7 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x if multiple == 1 else pad_to_multiple(x, multiple, layout="nchw")[0]
 
 
+@register_foldable_bn  # the fused eval paths fold it (the same affine map, on other axes)
 @register_notrace_module  # BatchNorm2d's batch-size check is Python control flow on the shape
 class BatchNormNhwc(nn.BatchNorm2d):
     """BatchNorm2d on a channels-last ``[B, H, W, C]`` map (same parameters and keys)."""

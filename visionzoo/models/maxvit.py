@@ -112,6 +112,9 @@ class MBConv(nn.Module):
 
     @property
     def _acts(self):
+        norms = self.pre_norm, self.norm1, self.norm2
+        if not all(fused_eval.bn_foldable(n) for n in norms) or not all(hasattr(n, "act") for n in norms[1:]):
+            return None
         acts = fused_eval.fused_act(self.norm1.act), fused_eval.fused_act(self.norm2.act)
         return None if None in acts else acts
 
