@@ -12,7 +12,7 @@ from . import create_tiny
 #: one reduced model per family that runs a dispatched op
 MODELS = ["dinat_tiny", "dinat_s_tiny", "dinat_isotropic_small", "maxvit_tiny", "halonet26t", "biformer_tiny",
           "van_b0", "flatten_pvt_tiny", "flatten_pvt_v2_b0", "flatten_swin_tiny", "agent_pvt_tiny", "agent_swin_tiny",
-          "agent_deit_tiny"]
+          "agent_deit_tiny", "agent_cswin_tiny", "flatten_cswin_tiny"]
 pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=f"{triton_unavailable()}")
 #: where each backend runs: Triton on the GPU when there is one (its kernels need CUDA tensors there)
 DEVICES = {"reference": "cpu", "cpu": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
