@@ -25,6 +25,10 @@ from timm.layers import get_device_dtype, register_notrace_function, resample_ab
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from ._checks import check_image_batch, check_num_classes
+
+torch.fx.wrap("check_image_batch")  # a leaf for every FX tracer (shape checks are Python control flow)
+
 __all__ = ["Backbone", "BackboneFeatures", "Stage", "drop_path_rates", "feature_cfg", "init_linear_trunc_normal",
            "pretrained_cfg"]
 
@@ -79,6 +83,7 @@ class Backbone(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New classifier of ``num_classes`` (0 removes it); ``global_pool=None`` keeps the pooling."""
+        check_num_classes(num_classes)
         dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is not None:
@@ -104,6 +109,7 @@ class Backbone(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, H, W]`` -> ``[B, num_features, H/r, W/r]`` (after the final norm, before pooling)."""
+        check_image_batch(x, self.in_chans)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             for stage in self.stages:
@@ -129,6 +135,7 @@ class Backbone(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW' (the layout every visionzoo tap uses), got {output_fmt!r}")
+        check_image_batch(x, self.in_chans)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         intermediates = []

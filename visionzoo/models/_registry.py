@@ -20,6 +20,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from . import _hf_layout, _pretrained_sources
 from ._base import feature_cfg
+from ._checks import check_build_args
 
 __all__ = ["PREFIX", "ModelEntry", "FamilyEntry", "MODELS", "FAMILIES", "register_family", "build", "tiny_overrides"]
 
@@ -81,6 +82,7 @@ def build(name: str, pretrained: bool = False, **kwargs):
     overrides, kwargs = _split_kwargs(entry.cfg, dict(kwargs), family.aliases)
     cfg = dataclasses.replace(entry.cfg, **overrides) if overrides else entry.cfg
     out_indices = tuple(range(family.model_cls.num_stages(cfg)))
+    check_build_args(cfg, kwargs, len(out_indices))
     # timm's feature_cls= / out_map= only mean something with features_only=True (else the model rejects them)
     features = feature_cfg(out_indices, *(kwargs.pop(k, None) for k in ("feature_cls", "out_map"))) \
         if kwargs.get("features_only") else feature_cfg(out_indices)

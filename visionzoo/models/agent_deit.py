@@ -41,11 +41,14 @@ from .. import convert
 from ..blocks import fused_eval
 from ..blocks.agent_attn_cls import AgentAttnCls
 from ._base import Backbone, drop_path_rates, init_linear_trunc_normal, pretrained_cfg
+from ._checks import check_image_batch
 from ._hierarchical import STEMS, StemCfg
 from ._pvt_swin_convert import fit_resolution
 from ._registry import register_family
 from .agent_swin import ORIGIN, PAPER, official_img_size
 from .nat_isotropic import _group
+
+torch.fx.wrap("check_image_batch")  # the shared input check, a leaf for FX tracers
 
 __all__ = ["AgentDeiTCfg", "AgentDeiT", "VARIANTS", "checkpoint_filter_fn"]
 
@@ -233,6 +236,7 @@ class AgentDeiT(Backbone):
     # ---- trunk ----------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image -> ``[cls, patches] + pos_embed`` tokens ``[B, 1 + H*W, C]`` and the patch grid ``(H, W)``."""
+        check_image_batch(x, self.in_chans)
         x = self.stem(x)  # [B, H, W, C]
         B, H, W, C = x.shape
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], 1)
