@@ -12,17 +12,18 @@ order q, k, v) and ``layer_scale_parameters`` ``[2, C]`` becomes ``gamma1`` / ``
 transformers' ``VanModel`` has a final ``layernorm`` that its forward never uses (the stage norms
 are the official ``norm{i}``); it is dropped.
 """
+
 from __future__ import annotations
 
 import functools
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from .. import convert
 
-__all__ = ["nat_to_official", "van_to_official", "is_transformers_layout", "accepting_transformers_layout"]
+__all__ = ["accepting_transformers_layout", "is_transformers_layout", "nat_to_official", "van_to_official"]
 
 _NAT_PREFIXES = ("nat.", "dinat.")
 _NAT_RULES = [
@@ -66,13 +67,14 @@ def _strip(sd: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> tuple[d
     body, head = {}, {}
     for k, v in sd.items():
         if k.startswith("classifier."):
-            head["head." + k[len("classifier."):]] = v
+            head["head." + k[len("classifier.") :]] = v
             continue
         prefix = next((p for p in prefixes if k.startswith(p)), None)
         if prefix is None:
-            raise convert.CheckpointError(f"unexpected key {k!r} in a transformers checkpoint "
-                                          f"(expected prefixes {prefixes} or 'classifier.')")
-        body[k[len(prefix):]] = v
+            raise convert.CheckpointError(
+                f"unexpected key {k!r} in a transformers checkpoint (expected prefixes {prefixes} or 'classifier.')"
+            )
+        body[k[len(prefix) :]] = v
     return body, head
 
 
@@ -93,7 +95,9 @@ def nat_to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             rest[k] = v
     for (base, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
-            raise convert.CheckpointError(f"{base}.attention.self: {kind} of {sorted(parts)} only; need query, key, value")
+            raise convert.CheckpointError(
+                f"{base}.attention.self: {kind} of {sorted(parts)} only; need query, key, value"
+            )
         rest[f"{base}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
     out.update(convert.rename(rest, _NAT_RULES))
     return out

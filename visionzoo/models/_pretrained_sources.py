@@ -21,11 +21,12 @@ Kinds of source:
 Facts marked ``unconfirmed`` could not be checked here (no network besides the mirrored repositories
 and stored Hub pages).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Source", "SOURCES", "tag_cfgs", "source", "unavailable_message"]
+__all__ = ["SOURCES", "Source", "source", "tag_cfgs", "unavailable_message"]
 
 KINDS = ("hf-hub", "timm", "url", "cloud")
 LAYOUTS = ("official", "timm", "transformers")
@@ -50,11 +51,15 @@ class Source:
 
 # ---- evidence ------------------------------------------------------------------------------------
 _NAT_REPO = "SHI-Labs/Neighborhood-Attention-Transformer @ d334f5b"
-_NAT_HUB = ("Hub file listing (stored huggingface.co pages): pytorch_model.bin, transformers {cls}, "
-            "license mit; top-1 from " + _NAT_REPO + " classification/{md}")
-_IN22K = dict(crop_pct=1.0)
-_VAN_HUB = ("Hub file listing (stored huggingface.co pages): pytorch_model.bin, VanForImageClassification, "
-            "license apache-2.0; linked from Visual-Attention-Network/VAN-Classification README @ e19779b (top-1)")
+_NAT_HUB = (
+    "Hub file listing (stored huggingface.co pages): pytorch_model.bin, transformers {cls}, "
+    "license mit; top-1 from " + _NAT_REPO + " classification/{md}"
+)
+_IN22K = {"crop_pct": 1.0}
+_VAN_HUB = (
+    "Hub file listing (stored huggingface.co pages): pytorch_model.bin, VanForImageClassification, "
+    "license apache-2.0; linked from Visual-Attention-Network/VAN-Classification README @ e19779b (top-1)"
+)
 _TIMM = "installed timm 1.0.31 default_cfgs (location, data config, license); top-1 not recorded by timm's package"
 
 
@@ -80,8 +85,13 @@ def _nat_hub(size, top1, cls="NatForImageClassification"):
 
 
 def _dinat_url(path, top1):
-    return _url("in1k", f"https://shi-labs.com/projects/dinat/checkpoints/{path}", top1, "mit",
-                f"{_NAT_REPO} classification/DiNAT.md checkpoint table (file layout unconfirmed)")
+    return _url(
+        "in1k",
+        f"https://shi-labs.com/projects/dinat/checkpoints/{path}",
+        top1,
+        "mit",
+        f"{_NAT_REPO} classification/DiNAT.md checkpoint table (file layout unconfirmed)",
+    )
 
 
 _THU = "LeapLabTHU/{repo} README{where} (Tsinghua Cloud share; license: no LICENSE file upstream)"
@@ -102,22 +112,68 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "dinat_tiny": (_nat_hub("dinat-tiny", 82.7, "DinatForImageClassification"),),
     "dinat_small": (_nat_hub("dinat-small", 83.8, "DinatForImageClassification"),),
     "dinat_base": (_nat_hub("dinat-base", 84.4, "DinatForImageClassification"),),
-    "dinat_large": (_hub("in22k_ft_in1k", "shi-labs/dinat-large-in22k-in1k-224", "transformers", 86.6, "mit",
-                         _NAT_HUB.format(cls="DinatForImageClassification", md="DiNAT.md")),),
-    "dinat_large_384": (_hub("in22k_ft_in1k", "shi-labs/dinat-large-in22k-in1k-384", "transformers", 87.4, "mit",
-                             _NAT_HUB.format(cls="DinatForImageClassification", md="DiNAT.md"), **_IN22K),),
-    "dinat_large_384_k11": (_hub("in22k_ft_in1k", "shi-labs/dinat-large-11x11-in22k-in1k-384", "transformers", 87.5,
-                                 "mit", _NAT_HUB.format(cls="DinatForImageClassification", md="DiNAT.md"), **_IN22K),),
+    "dinat_large": (
+        _hub(
+            "in22k_ft_in1k",
+            "shi-labs/dinat-large-in22k-in1k-224",
+            "transformers",
+            86.6,
+            "mit",
+            _NAT_HUB.format(cls="DinatForImageClassification", md="DiNAT.md"),
+        ),
+    ),
+    "dinat_large_384": (
+        _hub(
+            "in22k_ft_in1k",
+            "shi-labs/dinat-large-in22k-in1k-384",
+            "transformers",
+            87.4,
+            "mit",
+            _NAT_HUB.format(cls="DinatForImageClassification", md="DiNAT.md"),
+            **_IN22K,
+        ),
+    ),
+    "dinat_large_384_k11": (
+        _hub(
+            "in22k_ft_in1k",
+            "shi-labs/dinat-large-11x11-in22k-in1k-384",
+            "transformers",
+            87.5,
+            "mit",
+            _NAT_HUB.format(cls="DinatForImageClassification", md="DiNAT.md"),
+            **_IN22K,
+        ),
+    ),
     # DiNAT_s and the isotropic variants: official .pth files on the authors' server
     "dinat_s_tiny": (_dinat_url("imagenet1k/dinat_s_tiny_1k_224.pth", 81.8),),
     "dinat_s_small": (_dinat_url("imagenet1k/dinat_s_small_1k_224.pth", 83.5),),
     "dinat_s_base": (_dinat_url("imagenet1k/dinat_s_base_1k_224.pth", 83.8),),
-    "dinat_s_large": (Source("in22k_ft_in1k", "url", "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/"
-                             "dinat_s_large_1k_224.pth", "official", "", 86.5, "mit", {},
-                             f"{_NAT_REPO} classification/DiNAT.md (ImageNet-22k pre-trained; layout unconfirmed)"),),
-    "dinat_s_large_384": (Source("in22k_ft_in1k", "url", "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/"
-                                 "dinat_s_large_1k_384.pth", "official", "", 87.4, "mit", _IN22K,
-                                 f"{_NAT_REPO} classification/DiNAT.md (ImageNet-22k pre-trained; layout unconfirmed)"),),
+    "dinat_s_large": (
+        Source(
+            "in22k_ft_in1k",
+            "url",
+            "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_large_1k_224.pth",
+            "official",
+            "",
+            86.5,
+            "mit",
+            {},
+            f"{_NAT_REPO} classification/DiNAT.md (ImageNet-22k pre-trained; layout unconfirmed)",
+        ),
+    ),
+    "dinat_s_large_384": (
+        Source(
+            "in22k_ft_in1k",
+            "url",
+            "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_large_1k_384.pth",
+            "official",
+            "",
+            87.4,
+            "mit",
+            _IN22K,
+            f"{_NAT_REPO} classification/DiNAT.md (ImageNet-22k pre-trained; layout unconfirmed)",
+        ),
+    ),
     "nat_isotropic_small": (_dinat_url("isotropic/nat_isotropic_small_in1k_224.pth", 80.0),),
     "nat_isotropic_base": (_dinat_url("isotropic/nat_isotropic_base_in1k_224.pth", 81.6),),
     "dinat_isotropic_small": (_dinat_url("isotropic/dinat_isotropic_small_in1k_224.pth", 80.8),),
@@ -131,15 +187,23 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "van_b2": (_hub("in1k", "Visual-Attention-Network/van-base", "transformers", 82.8, "apache-2.0", _VAN_HUB),),
     "van_b3": (_hub("in1k", "Visual-Attention-Network/van-large", "transformers", 83.9, "apache-2.0", _VAN_HUB),),
     # LITv2: GitHub release assets
-    **{n: (_url("in1k", f"https://github.com/ziplab/LITv2/releases/download/{f}", top1, "apache-2.0", _LITV2),)
-       for n, f, top1 in [("litv2_small", "v1.0/litv2_s.pth", 82.0), ("litv2_medium", "v1.0/litv2_m.pth", 83.3),
-                          ("litv2_base", "v1.0/litv2_b.pth", 83.6), ("litv2_base_384", "v1.0/litv2_b_384.pth", 84.7),
-                          ("litv2_small_alpha0", "v1.1/alpha_0.pth", 81.16),
-                          ("litv2_small_alpha0_5", "v1.1/alpha_0.5.pth", 81.88),
-                          ("litv2_small_alpha1", "v1.1/alpha_1.pth", 81.89)]},
+    **{
+        n: (_url("in1k", f"https://github.com/ziplab/LITv2/releases/download/{f}", top1, "apache-2.0", _LITV2),)
+        for n, f, top1 in [
+            ("litv2_small", "v1.0/litv2_s.pth", 82.0),
+            ("litv2_medium", "v1.0/litv2_m.pth", 83.3),
+            ("litv2_base", "v1.0/litv2_b.pth", 83.6),
+            ("litv2_base_384", "v1.0/litv2_b_384.pth", 84.7),
+            ("litv2_small_alpha0", "v1.1/alpha_0.pth", 81.16),
+            ("litv2_small_alpha0_5", "v1.1/alpha_0.5.pth", 81.88),
+            ("litv2_small_alpha1", "v1.1/alpha_1.pth", 81.89),
+        ]
+    },
     # SHViT: timm's Hub port (the official GitHub release v1.0/shvit_s{n}.pth holds the same weights, official layout)
-    **{f"shvit_s{i}": (_timm("in1k", f"shvit_s{i}.in1k", top1),) for i, top1 in ((1, 72.8), (2, 75.2), (3, 77.4),
-                                                                                  (4, 79.4))},
+    **{
+        f"shvit_s{i}": (_timm("in1k", f"shvit_s{i}.in1k", top1),)
+        for i, top1 in ((1, 72.8), (2, 75.2), (3, 77.4), (4, 79.4))
+    },
     # MaxViT: timm's ports of the TensorFlow release
     "maxvit_tiny": (_timm("in1k", "maxvit_tiny_tf_224.in1k"),),
     "maxvit_tiny_384": (_timm("in1k", "maxvit_tiny_tf_384.in1k"),),
@@ -147,11 +211,15 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "maxvit_small": (_timm("in1k", "maxvit_small_tf_224.in1k"),),
     "maxvit_small_384": (_timm("in1k", "maxvit_small_tf_384.in1k"),),
     "maxvit_base": (_timm("in1k", "maxvit_base_tf_224.in1k"), _timm("in21k", "maxvit_base_tf_224.in21k")),
-    "maxvit_base_384": (_timm("in1k", "maxvit_base_tf_384.in1k"),
-                        _timm("in21k_ft_in1k", "maxvit_base_tf_384.in21k_ft_in1k")),
+    "maxvit_base_384": (
+        _timm("in1k", "maxvit_base_tf_384.in1k"),
+        _timm("in21k_ft_in1k", "maxvit_base_tf_384.in21k_ft_in1k"),
+    ),
     "maxvit_large": (_timm("in1k", "maxvit_large_tf_224.in1k"), _timm("in21k", "maxvit_large_tf_224.in21k")),
-    "maxvit_large_384": (_timm("in1k", "maxvit_large_tf_384.in1k"),
-                         _timm("in21k_ft_in1k", "maxvit_large_tf_384.in21k_ft_in1k")),
+    "maxvit_large_384": (
+        _timm("in1k", "maxvit_large_tf_384.in1k"),
+        _timm("in21k_ft_in1k", "maxvit_large_tf_384.in21k_ft_in1k"),
+    ),
     "maxvit_xlarge": (_timm("in21k", "maxvit_xlarge_tf_224.in21k"),),
     "maxvit_xlarge_384": (_timm("in21k_ft_in1k", "maxvit_xlarge_tf_384.in21k_ft_in1k"),),
     # HaloNet: timm-trained weights of timm's variants (the paper's H0-H7 were never released)
@@ -160,39 +228,72 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "halonet50ts": (_timm("a1h_in1k", "halonet50ts.a1h_in1k"),),
     "eca_halonext26ts": (_timm("c1_in1k", "eca_halonext26ts.c1_in1k"),),
     # SE-ResNet(X): Cadene's / timm's ports of the SENet release, as timm's legacy_* tags
-    **{n: (_timm("in1k", f"legacy_{n.replace('se_', 'se')}.in1k"),)
-       for n in ("se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d", "se_resnext101_32x4d")},
+    **{
+        n: (_timm("in1k", f"legacy_{n.replace('se_', 'se')}.in1k"),)
+        for n in ("se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d", "se_resnext101_32x4d")
+    },
     # ECA-Net / CBAM: cloud shares only
-    **{f"eca_resnet{d}": (_cloud("in1k", link, top1, "mit", _ECA),) for d, link, top1 in [
-        (18, "https://drive.google.com/open?id=1LMRFRTyzVifGBi2MUpTuYEWW44S8mwyl", 70.92),
-        (34, "https://drive.google.com/open?id=15LV5Jkea3GPzvLP5__H7Gg88oNQUxBDE", 74.21),
-        (50, "https://drive.google.com/open?id=1670rce333c_lyMWFzBlNZoVUvtxbCF_U", 77.42),
-        (101, "https://drive.google.com/open?id=1b5FQ8yDFnZ_UhvWT9txmjI_LjbKkgnvC", 78.65),
-        (152, "https://drive.google.com/open?id=1_bYnaOg9ptsILC_iC7uQ5Izv-u2rjYG5", 78.92)]},
-    "eca_mobilenet_v2": (_cloud("in1k", "https://drive.google.com/open?id=1FxzeXPg1SJQZzVVH4HRjMeq_SVMfidUm", 72.56,
-                                "mit", _ECA),),
-    "cbam_resnet50": (_cloud("in1k", "https://drive.google.com/file/d/1mvAVvhLR_2XY_bPYxh-SEz4vDmGzSArO/view", 77.622,
-                             "mit", "Jongchan/attention-module README @ 459efad (Google Drive, 100-epoch ResNet50+CBAM; "
-                                    "MIT license)"),),
+    **{
+        f"eca_resnet{d}": (_cloud("in1k", link, top1, "mit", _ECA),)
+        for d, link, top1 in [
+            (18, "https://drive.google.com/open?id=1LMRFRTyzVifGBi2MUpTuYEWW44S8mwyl", 70.92),
+            (34, "https://drive.google.com/open?id=15LV5Jkea3GPzvLP5__H7Gg88oNQUxBDE", 74.21),
+            (50, "https://drive.google.com/open?id=1670rce333c_lyMWFzBlNZoVUvtxbCF_U", 77.42),
+            (101, "https://drive.google.com/open?id=1b5FQ8yDFnZ_UhvWT9txmjI_LjbKkgnvC", 78.65),
+            (152, "https://drive.google.com/open?id=1_bYnaOg9ptsILC_iC7uQ5Izv-u2rjYG5", 78.92),
+        ]
+    },
+    "eca_mobilenet_v2": (
+        _cloud("in1k", "https://drive.google.com/open?id=1FxzeXPg1SJQZzVVH4HRjMeq_SVMfidUm", 72.56, "mit", _ECA),
+    ),
+    "cbam_resnet50": (
+        _cloud(
+            "in1k",
+            "https://drive.google.com/file/d/1mvAVvhLR_2XY_bPYxh-SEz4vDmGzSArO/view",
+            77.622,
+            "mit",
+            "Jongchan/attention-module README @ 459efad (Google Drive, 100-epoch ResNet50+CBAM; MIT license)",
+        ),
+    ),
     # BiFormer: OneDrive shares
-    **{f"biformer_{n}": (_cloud("in1k", f"https://api.onedrive.com/v1.0/shares/s!{share}/root/content", top1, "mit",
-                                _BIFORMER),)
-       for n, share, top1 in [("tiny", "AkBbczdRlZvChHEOoGkgwgQzEDlM", 81.4), ("small", "AkBbczdRlZvChHDyM-x9KWRBZ832", 83.8),
-                              ("base", "AkBbczdRlZvChHI_XPhoadjaNxtO", 84.3), ("stl", "AkBbczdRlZvChSf-m7ujkvx9lIQ1", 82.7)]},
+    **{
+        f"biformer_{n}": (
+            _cloud("in1k", f"https://api.onedrive.com/v1.0/shares/s!{share}/root/content", top1, "mit", _BIFORMER),
+        )
+        for n, share, top1 in [
+            ("tiny", "AkBbczdRlZvChHEOoGkgwgQzEDlM", 81.4),
+            ("small", "AkBbczdRlZvChHDyM-x9KWRBZ832", 83.8),
+            ("base", "AkBbczdRlZvChHI_XPhoadjaNxtO", 84.3),
+            ("stl", "AkBbczdRlZvChSf-m7ujkvx9lIQ1", 82.7),
+        ]
+    },
     # Agent / FLatten: Tsinghua Cloud shares
-    **{n: (_cloud("in1k", f"https://cloud.tsinghua.edu.cn/f/{share}/?dl=1", top1, "unknown", _AGENT),)
-       for n, share, top1 in [
-           ("agent_pvt_tiny", "13fdf0e0a7c5498c934f", 78.4), ("agent_pvt_small", "36b8be9a8863456685a3", 82.2),
-           ("agent_pvt_medium", "4d00ecacf18b45f9b88c", 83.4), ("agent_pvt_medium_256", "654df734121643b19c52", 83.8),
-           ("agent_pvt_large", "040cfe0cfbbe4762ad09", 83.7), ("agent_swin_tiny", "a2ddc1190c224f768a41", 82.6),
-           ("agent_swin_small", "f607172c9fea4d6e99bb", 83.7), ("agent_swin_small_288", "09760394e93b4046a25e", 84.1),
-           ("agent_swin_base", "4fcd2d0114bb490483c3", 84.0), ("agent_swin_base_384", "bb84ee9058954706a557", 84.9)]},
-    **{n: (_cloud("in1k", f"https://cloud.tsinghua.edu.cn/f/{share}/?dl=1", top1, "unknown", _FLATTEN),)
-       for n, share, top1 in [
-           ("flatten_pvt_tiny", "3ab1d773f19d45648690", 77.8), ("flatten_pvt_v2_b0", "5d1f01532b104da28e7b", 71.1),
-           ("flatten_swin_tiny", "e1518e76703e4e57a7f2", 82.1), ("flatten_swin_small", "94188e52af354bf4a88b", 83.5),
-           ("flatten_swin_base", "7a9e5186bad04e7fb3a9", 83.8),
-           ("flatten_swin_base_384", "0d0330cf2e5249f1abb6", 85.0)]},
+    **{
+        n: (_cloud("in1k", f"https://cloud.tsinghua.edu.cn/f/{share}/?dl=1", top1, "unknown", _AGENT),)
+        for n, share, top1 in [
+            ("agent_pvt_tiny", "13fdf0e0a7c5498c934f", 78.4),
+            ("agent_pvt_small", "36b8be9a8863456685a3", 82.2),
+            ("agent_pvt_medium", "4d00ecacf18b45f9b88c", 83.4),
+            ("agent_pvt_medium_256", "654df734121643b19c52", 83.8),
+            ("agent_pvt_large", "040cfe0cfbbe4762ad09", 83.7),
+            ("agent_swin_tiny", "a2ddc1190c224f768a41", 82.6),
+            ("agent_swin_small", "f607172c9fea4d6e99bb", 83.7),
+            ("agent_swin_small_288", "09760394e93b4046a25e", 84.1),
+            ("agent_swin_base", "4fcd2d0114bb490483c3", 84.0),
+            ("agent_swin_base_384", "bb84ee9058954706a557", 84.9),
+        ]
+    },
+    **{
+        n: (_cloud("in1k", f"https://cloud.tsinghua.edu.cn/f/{share}/?dl=1", top1, "unknown", _FLATTEN),)
+        for n, share, top1 in [
+            ("flatten_pvt_tiny", "3ab1d773f19d45648690", 77.8),
+            ("flatten_pvt_v2_b0", "5d1f01532b104da28e7b", 71.1),
+            ("flatten_swin_tiny", "e1518e76703e4e57a7f2", 82.1),
+            ("flatten_swin_small", "94188e52af354bf4a88b", 83.5),
+            ("flatten_swin_base", "7a9e5186bad04e7fb3a9", 83.8),
+            ("flatten_swin_base_384", "0d0330cf2e5249f1abb6", 85.0),
+        ]
+    },
 }
 
 _NOTE = "Weights: {where} ({layout} layout), converted on load by visionzoo's {family} checkpoint converter."
@@ -207,8 +308,22 @@ def _timm_cfg(timm_tag: str) -> dict:
     return cfg.to_dict()
 
 
-_TIMM_FIELDS = ("hf_hub_id", "hf_hub_filename", "url", "input_size", "test_input_size", "crop_pct", "test_crop_pct",
-                "crop_mode", "interpolation", "mean", "std", "num_classes", "license", "label_names")
+_TIMM_FIELDS = (
+    "hf_hub_id",
+    "hf_hub_filename",
+    "url",
+    "input_size",
+    "test_input_size",
+    "crop_pct",
+    "test_crop_pct",
+    "crop_mode",
+    "interpolation",
+    "mean",
+    "std",
+    "num_classes",
+    "license",
+    "label_names",
+)
 
 
 def _cfg(base: dict, family: str, src: Source) -> dict:
@@ -250,9 +365,13 @@ def unavailable_message(name: str, tag: str | None = None) -> str | None:
     src = source(name, tag)
     call = f"create_model({name!r}, checkpoint_path='downloaded_file.pth')"
     if src is None:
-        return (f"no released weights are known for {name!r}{f' tag {tag!r}' if tag else ''}. Load weights with "
-                f"{call}, create_model('local-dir:/path/to/export'), or create_model('hf-hub:org/repo').")
+        return (
+            f"no released weights are known for {name!r}{f' tag {tag!r}' if tag else ''}. Load weights with "
+            f"{call}, create_model('local-dir:/path/to/export'), or create_model('hf-hub:org/repo')."
+        )
     if src.kind == "cloud":
-        return (f"the weights of {name}.{src.tag} are only on a cloud share that needs a browser: {src.location} "
-                f"(source: {src.evidence}). Download the file there, then load it with {call}.")
+        return (
+            f"the weights of {name}.{src.tag} are only on a cloud share that needs a browser: {src.location} "
+            f"(source: {src.evidence}). Download the file there, then load it with {call}."
+        )
     return None
