@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.agent_attn import agent_attn
+from . import fused_eval
 from .agent_attn import AgentAttn
 
 __all__ = ["AgentAttnCls"]
@@ -66,14 +67,18 @@ class AgentAttnCls(AgentAttn):
         if N != 1 + H * W:
             raise ValueError(f"AgentAttnCls: x must be [B, 1 + H * W, C] for size {tuple(size)}, got {tuple(x.shape)}")
         heads, hd = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).unflatten(-1, (3, heads, hd)).permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, N, hd]
-        patches = q[:, :, 1:].transpose(-1, -2).reshape(B, C, H, W)
-        agents = F.adaptive_avg_pool2d(patches, self.pool_size).reshape(B, heads, hd, self.agent_num)
+        qkv = fused_eval.linear(self, self.qkv, x)  # [B, N, 3C]
+        # one copy to heads-first q, k, v (the op's GEMMs then read them in place); the agents and dwc(v)
+        # read the patch tokens of qkv as [B, C, H, W] views
+        q, k, v = qkv.view(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        patches = qkv[:, 1:].view(B, H, W, 3 * C).permute(0, 3, 1, 2)
+        agents = F.adaptive_avg_pool2d(patches[:, :C], self.pool_size).reshape(B, heads, hd, self.agent_num)
         bias_kv, bias_q = self.biases(H, W, x.dtype)
         out = agent_attn(q, k, v, agents.transpose(-1, -2), bias_kv, bias_q, scale=self.scale, backend=self.backend)
         out = out.transpose(1, 2).reshape(B, N, C)
-        v_map = v[:, :, 1:].transpose(-1, -2).reshape(B, C, H, W)
-        local = self.dwc(v_map).flatten(2).transpose(1, 2)
-        # not in place: with one head the reshape is a view of the op's output, which the Triton op saves
-        out = out + F.pad(local, (0, 0, 1, 0))
-        return self.proj_drop(self.proj(out))
+        local = self.dwc(patches[:, 2 * C:]).flatten(2).transpose(1, 2)  # [B, H W, C]
+        if torch.is_grad_enabled():  # out of place: with one head `out` is a view of the op's (saved) output
+            out = torch.cat([out[:, :1], out[:, 1:] + local], 1)
+        else:
+            out[:, 1:] += local
+        return self.proj_drop(fused_eval.linear(self, self.proj, out))

@@ -1,0 +1,68 @@
+"""Agent-DeiT on CPU against its timm anchor: ``agent_deit_small`` vs timm ``deit_small_patch16_224``.
+
+    .venv/bin/python benchmarks/bench_agent_deit.py [--rounds 5] [--batch 8] [--warmup 1] [--threads 1]
+
+Times forward img/s (eval, inference mode, random weights: only the speed is compared) of ``agent_deit_small``
+against timm's ``deit_small_patch16_224`` at 224 (target >= 1.0x) and against the same DeiT built with
+``img_size=448`` at 448 (target >= 1.5x). ``agent_deit_small`` is the 224 model at both sizes: its position
+embedding is resampled per call and its agent biases interpolated once per map size and cached (the
+``agent_deit_small_448`` model has the same compute). Both models and the GEMM yardstick are timed round-robin in
+the same rounds; results go to ``benchmarks/results/agent_deit.json`` (``agent_deit_threads1.json`` with
+``--threads 1``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import machine_info, markdown_table, model_call, time_variants, write_json  # noqa: E402
+
+import visionzoo  # noqa: E402
+
+#: (ours, timm anchor, timm kwargs, input size, target speed-up)
+FORWARD = [
+    ("agent_deit_small", "deit_small_patch16_224", {}, 224, 1.0),
+    ("agent_deit_small", "deit_small_patch16_224", dict(img_size=448), 448, 1.5),
+]
+
+
+def main(argv=None) -> int:
+    import timm
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    rows = []
+    for ours, anchor, anchor_kwargs, size, target in FORWARD:
+        torch.manual_seed(0)
+        calls = {ours: model_call(lambda n=ours: visionzoo.create_model(n), args.batch, size),
+                 anchor: model_call(lambda: timm.create_model(anchor, **anchor_kwargs), args.batch, size)}
+        t = time_variants(calls, rounds=args.rounds, warmup=args.warmup)
+        ips = {k: args.batch / v.median_ms * 1e3 for k, v in t.items() if k != "gemm"}
+        speedup = ips[ours] / ips[anchor]
+        rows.append(dict(model=ours, anchor=anchor, img=size, B=args.batch, img_s=ips[ours], anchor_img_s=ips[anchor],
+                         speedup=speedup, target=target, met="yes" if speedup >= target else "NO",
+                         gemm_gflops=harness.gemm_gflops(t),
+                         quiet=min(f"{v.quiet_rounds}/{v.rounds}" for v in t.values())))
+        print(markdown_table(rows[-1:], list(rows[-1])).splitlines()[-1], file=sys.stderr)
+
+    print("forward (eval, inference mode) vs the timm anchor\n")
+    print(markdown_table(rows, list(rows[0])))
+    name = f"agent_deit_threads{args.threads}" if args.threads else "agent_deit"
+    write_json(name, dict(machine=machine_info(), args=vars(args), forward=rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
