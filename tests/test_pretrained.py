@@ -346,3 +346,74 @@ def test_data_config_follows_the_checkpoint():
     assert cfg["classifier"] == "head.fc"  # our head name, so timm drops the right keys for a new class count
     assert MODELS["dinat_large_384"].pretrained_cfg["hf_hub_id"] == "shi-labs/dinat-large-in22k-in1k-384"
     assert MODELS["dinat_large_384"].tag == "in22k_ft_in1k"
+
+
+# ---- python -m visionzoo.hub convert -------------------------------------------------------------------
+def _random_timm_shvit_s1():
+    ref = timm.create_model("shvit_s1").eval()
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return ref
+
+
+def _check_export(out: Path, ref: torch.nn.Module, source: str):
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "vz_shvit_s1"
+    card = (out / "README.md").read_text()
+    assert source in card and "license: mit" in card
+    reloaded = visionzoo.create_model(f"local-dir:{out}").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_convert_cli_from_a_pretrained_tag(hf_cache, tmp_path):
+    ref = _random_timm_shvit_s1()
+    put_in_hf_cache(hf_cache, "timm/shvit_s1.in1k", "model.safetensors", _safetensors_bytes(ref.state_dict(), tmp_path))
+    out = tmp_path / "export"
+    from visionzoo import hub
+
+    assert hub.main(["convert", "--model", "shvit_s1", "--checkpoint", "shvit_s1.in1k", "--out", str(out)]) == 0
+    _check_export(out, ref, "shvit_s1.in1k")
+    assert "72.8" in (out / "README.md").read_text()  # the original top-1
+
+
+def test_convert_cli_from_a_file_and_push_to_a_mocked_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    ref = _random_timm_shvit_s1()
+    ckpt = tmp_path / "shvit_s1_timm.pth"
+    torch.save({"state_dict": ref.state_dict()}, ckpt)
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message=""):
+            calls.append(("upload_folder", sorted(p.name for p in Path(folder_path).iterdir()), repo_id))
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    from visionzoo import hub
+
+    out = tmp_path / "export"
+    argv = ["convert", "--model", "shvit_s1", "--checkpoint", str(ckpt), "--out", str(out), "--push-to-hub", "me/shvit"]
+    assert hub.main(argv) == 0
+    _check_export(out, ref, "shvit_s1_timm.pth")
+    assert calls[1] == ("create_repo", "me/shvit", False, True)
+    assert calls[2] == ("upload_folder", ["README.md", "config.json", "model.safetensors"], "me/shvit")
+
+
+def test_convert_cli_rejects_an_unknown_checkpoint(tmp_path):
+    from visionzoo import hub_convert
+
+    with pytest.raises(ValueError, match="--checkpoint 'in22k' is neither an existing file nor a pretrained tag"):
+        hub_convert.convert_checkpoint("shvit_s1", "in22k", tmp_path / "x")

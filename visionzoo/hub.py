@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     p_readme = sub.add_parser("readme", help="rewrite (or --check) the model table in a README")
     p_readme.add_argument("path")
     p_readme.add_argument("--check", action="store_true")
+    from .hub_convert import add_convert_parser, run_convert  # convert [--push-to-hub]: released weights -> a Hub folder
+
+    add_convert_parser(sub)
     args = parser.parse_args(argv)
+    if args.cmd == "convert":
+        return run_convert(args)
     if args.cmd == "export":
         print(f"wrote {len(export(args.out_dir))} model folders to {args.out_dir}")
         return 0
