@@ -417,3 +417,27 @@ def test_convert_cli_rejects_an_unknown_checkpoint(tmp_path):
 
     with pytest.raises(ValueError, match="--checkpoint 'in22k' is neither an existing file nor a pretrained tag"):
         hub_convert.convert_checkpoint("shvit_s1", "in22k", tmp_path / "x")
+
+
+def test_dense_feature_adapter_accepts_pretrained(hf_cache, tmp_path):
+    """The detection / segmentation feature builder loads released weights too (head dropped)."""
+    from visionzoo.dense._common import create_features
+
+    _, tensors, sd, build = _official_build("van_a")
+    src = _pretrained_sources.source("van_b0")
+    put_in_hf_cache(hf_cache, src.location, src.filename, _pth_bytes(_official_to_van_transformers(sd), tmp_path))
+    feats = create_features("van_b0", pretrained=True, pretrained_cfg_overlay={"num_classes": 10}, **build).eval()
+    with torch.no_grad():
+        maps = feats(tensors["input"].float())
+    for i, m in enumerate(maps):
+        torch.testing.assert_close(m, tensors[f"stage.{i}"], atol=1e-4, rtol=1e-4)
+
+
+def test_pretrained_summary_names_each_tag_and_source():
+    assert _pretrained_sources.pretrained_summary("maxvit_base_384") == (
+        "in1k: timm maxvit_base_tf_384.in1k (timm); in21k_ft_in1k: timm maxvit_base_tf_384.in21k_ft_in1k (timm)"
+    )
+    assert (
+        _pretrained_sources.pretrained_summary("dinat_tiny") == "in1k: hf shi-labs/dinat-tiny-in1k-224 (transformers)"
+    )
+    assert _pretrained_sources.pretrained_summary("halonet_h0") == "–"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["SOURCES", "Source", "source", "tag_cfgs", "unavailable_message"]
+__all__ = ["SOURCES", "Source", "pretrained_summary", "source", "tag_cfgs", "unavailable_message"]
 
 KINDS = ("hf-hub", "timm", "url", "cloud")
 LAYOUTS = ("official", "timm", "transformers")
@@ -375,3 +375,17 @@ def unavailable_message(name: str, tag: str | None = None) -> str | None:
             f"(source: {src.evidence}). Download the file there, then load it with {call}."
         )
     return None
+
+
+def pretrained_summary(name: str) -> str:
+    """One line for tables and model cards: ``tag: where (layout)`` per recorded source, ``–`` if none."""
+    parts = []
+    for s in SOURCES.get(name, ()):
+        where = {
+            "hf-hub": f"hf {s.location}",
+            "timm": f"timm {s.location}",
+            "url": "release URL",
+            "cloud": "cloud share",
+        }
+        parts.append(f"{s.tag}: {where[s.kind]} ({s.layout})")
+    return "; ".join(parts) or "–"
