@@ -8,6 +8,22 @@ Resolution order for every op call:
 4. auto: CUDA tensors with a runnable Triton kernel -> ``triton``; CPU tensors -> ``cpu``;
    anything else -> ``reference``.
 
+Then, once for every op, the rule for empty inputs and for tracing (:func:`tracing`):
+
+* an input with no elements (a batch of 0) runs ``reference``, whatever was asked: every fast path
+  tiles or launches over the batch, the reference's ATen ops return correctly shaped empty outputs and
+  gradients;
+* under ``torch.jit.trace`` / ``torch.jit.script`` the ``cpu`` path is replaced by ``reference``: the
+  trace records plain ATen ops (no C++ kernel call or cached index table gets baked into it);
+* under ``torch.compile`` and ``torch.export`` (strict or not) the ``cpu`` path runs as its
+  ``torch.library`` custom op (:mod:`._custom_op`): an opaque node with a fake kernel and autograd,
+  decomposed to the reference by ``run_decompositions`` and the ONNX exporter. Triton paths are custom
+  ops already; ``reference`` is traced as it is;
+* under ``torch.fx`` symbolic tracing the front doors are leaves (:func:`fx_leaf`): one
+  ``call_function`` node each, run eagerly by the traced module.
+
+Each of these returns what the plain path returns: the same function, computed another way.
+
 An explicitly requested backend that cannot run raises :class:`BackendUnavailable` with the
 reason. Auto selection never raises: it falls back to ``reference``. Implementations are
 imported lazily (``module:function`` strings), so a missing Triton fails when called, never at
@@ -17,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import logging
 import sys
@@ -38,6 +55,8 @@ __all__ = [
     "triton_unavailable",
     "triton_available",
     "preload",
+    "tracing",
+    "fx_leaf",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -57,6 +76,7 @@ class _OpEntry:
     impls: dict[str, str]  # backend -> "module:function"
     checks: dict[str, CanRun] = field(default_factory=dict)
     loaded: dict[str, Callable] = field(default_factory=dict)
+    opaque: Callable | None = None  # the cpu path as a custom op (see _custom_op)
 
 
 _OPS: dict[str, _OpEntry] = {}
@@ -71,19 +91,64 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def register_op(op: str, impls: dict[str, str], checks: dict[str, CanRun] | None = None) -> None:
+def register_op(op: str, impls: dict[str, str], checks: dict[str, CanRun] | None = None,
+                schema: str | None = None, diff: tuple[int, ...] = (), fake: Callable | None = None) -> None:
     """Declare the implementations of ``op``.
 
     Args:
         op: public op name, e.g. ``"na2d"``.
         impls: backend name -> ``"package.module:function"``, imported on first use.
         checks: backend name -> predicate returning ``None`` or the reason it cannot run.
+        schema, diff, fake: the ``cpu`` implementation's arguments as a ``torch.library`` schema, the
+            positions of its differentiable tensors and its fake kernel: with them the ``cpu`` path
+            runs as the custom op ``visionzoo::{op}_cpu`` under compile and export (see :mod:`._custom_op`).
     """
     for name in impls:
         _check_name(name, f"register_op({op!r})")
     if "reference" not in impls:
         raise ValueError(f"register_op({op!r}): every op needs a 'reference' implementation")
-    _OPS[op] = _OpEntry(dict(impls), dict(checks or {}))
+    entry = _OpEntry(dict(impls), dict(checks or {}))
+    if schema is not None and "cpu" in impls:
+        from ._custom_op import opaque_op
+        entry.opaque = opaque_op(f"{op}_cpu", schema, functools.partial(_load, entry, "cpu", op),
+                                 functools.partial(_load, entry, "reference", op), diff, fake)
+    _OPS[op] = entry
+
+
+def tracing() -> str | None:
+    """``"jit"`` under ``torch.jit`` tracing or scripting, ``"compile"`` under ``torch.compile`` or
+    ``torch.export``, ``None`` in eager mode."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return "jit"
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return "compile"
+    return None
+
+
+def fx_leaf(fn: Callable) -> Callable:
+    """``fn`` as a ``torch.fx`` leaf: called with an FX proxy among its arguments (symbolic tracing of a
+    caller: ``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor``, timm's FX features), it
+    records one ``call_function`` node instead of running; the traced module calls ``fn`` itself. Any
+    other call runs ``fn``."""
+    @functools.wraps(fn)
+    def leaf(*args, **kwargs):
+        proxy = next(_proxies(args, kwargs), None)
+        if proxy is not None:
+            return proxy.tracer.create_proxy("call_function", leaf, args, kwargs)
+        return fn(*args, **kwargs)
+    return leaf
+
+
+def _proxies(args, kwargs) -> Iterator[torch.fx.Proxy]:
+    stack = [*args, *kwargs.values()]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, torch.fx.Proxy):
+            yield a
+        elif isinstance(a, (tuple, list)):
+            stack.extend(a)
+        elif isinstance(a, dict):
+            stack.extend(a.values())
 
 
 _TRITON_STATUS: list = []  # [None | reason], filled on first use; a plain value so torch.compile traces it
@@ -178,7 +243,7 @@ def _auto(op: str, tensors: tuple[torch.Tensor, ...], geometry: dict) -> tuple[C
         why = can_run(op, name, *tensors, **geometry)
         if why is None:
             try:
-                return _load(_OPS[op], name, op), name
+                return _pick(op, name, tensors), name
             except BackendUnavailable as e:
                 if name == "reference":
                     raise
@@ -203,7 +268,10 @@ def current_backend() -> str | None:
 
 
 def resolve(op: str, *tensors: torch.Tensor, backend: str | None = None, **geometry) -> tuple[Callable, str]:
-    """Pick the implementation of ``op`` for these inputs; returns ``(function, backend_name)``."""
+    """Pick the implementation of ``op`` for these inputs; returns ``(function, backend_name)``.
+
+    The backend name is the one chosen by the resolution order; the function follows the empty-input
+    and tracing rules of the module docstring (e.g. ``cpu`` under ``torch.compile`` is its custom op)."""
     if op not in _OPS:
         raise KeyError(f"unknown op {op!r}; registered ops: {sorted(_OPS)}")
     requested = _check_name(backend, f"{op}(backend=...)") if backend is not None else current_backend()
@@ -212,7 +280,22 @@ def resolve(op: str, *tensors: torch.Tensor, backend: str | None = None, **geome
     why = can_run(op, requested, *tensors, **geometry)
     if why is not None:
         raise BackendUnavailable(f"{op}: backend {requested!r} cannot run this call: {why}")
-    return _load(_OPS[op], requested, op), requested
+    return _pick(op, requested, tensors), requested
+
+
+def _pick(op: str, name: str, tensors: tuple) -> Callable:
+    """The function that serves backend ``name``: the rule of the module docstring for empty inputs and
+    tracing. (Under ``torch.compile`` the ``cpu`` custom op is returned without importing the eager path.)"""
+    entry = _OPS[op]
+    if name != "reference" and any(isinstance(t, torch.Tensor) and t.numel() == 0 for t in tensors):
+        name = "reference"
+    elif name == "cpu":
+        mode = tracing()
+        if mode == "jit":
+            name = "reference"
+        elif mode == "compile" and entry.opaque is not None:
+            return entry.opaque
+    return _load(entry, name, op)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,9 @@ _backend.register_op(
         "triton": "visionzoo.ops.agent_attn.triton:agent_attn_triton",
     },
     checks={"triton": lambda *tensors, **geometry: _triton_can_run(*tensors, **geometry)},
+    schema="(Tensor q, Tensor k, Tensor v, Tensor agents, Tensor? bias_kv, Tensor? bias_q, float scale)",
+    diff=(0, 1, 2, 3, 4, 5),
+    fake=lambda q, k, v, *_: q.new_empty((*q.shape[:-1], v.shape[-1])),
 )
 
 
@@ -81,6 +84,7 @@ def _check(q, k, v, agents):
                          f"v {tuple(v.shape)}")
 
 
+@_backend.fx_leaf
 def agent_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, agents: torch.Tensor,
                bias_kv: torch.Tensor | None = None, bias_q: torch.Tensor | None = None, *,
                scale: float | None = None, backend: str | None = None) -> torch.Tensor:

@@ -21,8 +21,8 @@ batch 8) and forms every gradient with GEMMs: for ``O = softmax(S) Z``, ``S = X 
 ``dY = dS^T (s X)``, ``dbias = dS`` (summed over a broadcast batch); ``rowsum(dP * P)`` equals
 ``rowsum(dO * O)`` and is taken over the shorter rows.
 
-Under ``torch.compile`` / export / tracing / scripting the same forward runs with plain autograd
-(no in-place ops, no custom Function), so compilers see ordinary ATen ops.
+Under ``torch.compile`` / ``torch.export`` this path runs as the custom op ``visionzoo::agent_attn_cpu``; under
+``torch.jit`` the reference runs instead (the rule lives in :mod:`visionzoo.ops._backend`).
 """
 from __future__ import annotations
 
@@ -82,12 +82,8 @@ class _AgentAttn(torch.autograd.Function):
         return dq, dk, dv, da, dbkv, dbq, None
 
 
-def _tracing() -> bool:
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 def agent_attn_cpu(q, k, v, agents, bias_kv, bias_q, scale):
     """Same arguments and result as :func:`.reference.agent_attn_reference`."""
-    if _tracing() or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled():
         return _forward(q, k, v, agents, bias_kv, bias_q, scale)[3]
     return _AgentAttn.apply(q, k, v, agents, bias_kv, bias_q, scale)

@@ -36,6 +36,9 @@ _backend.register_op(
         "triton": "visionzoo.ops.halo.triton:halo_triton",
     },
     checks={"triton": triton_attention_can_run},
+    schema="(Tensor qp, Tensor kp, Tensor vp, Tensor? eh, Tensor? ew, int bq, int block, int halo, float scale)",
+    diff=(0, 1, 2, 3, 4),
+    fake=lambda q, k, v, *_: q.new_empty((*q.shape[:-1], v.shape[-1])),
 )
 
 
@@ -69,6 +72,7 @@ def _check(q, k, v, block_size, halo_size, stride, rel_h, rel_w):
                              f"got {list(t.shape)}")
 
 
+@_backend.fx_leaf
 def halo_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, halo_size: int,
               rel_h: torch.Tensor | None = None, rel_w: torch.Tensor | None = None, stride: int = 1,
               scale: float | None = None, backend: str | None = None) -> torch.Tensor:

@@ -42,6 +42,9 @@ _backend.register_op(
         "triton": "visionzoo.ops.linear_attn.triton:linear_attn_triton",
     },
     checks={"triton": lambda q, k, v, *rest, **geometry: triton_attention_can_run(q, k, v)},
+    schema="(Tensor q, Tensor k, Tensor v, int num_heads, float? p, Tensor? scale, Tensor? pos, float eps)",
+    diff=(0, 1, 2, 5, 6),
+    fake=lambda q, k, v, *_: v.new_empty((*q.shape[:-1], v.shape[-1])),
 )
 
 
@@ -81,6 +84,7 @@ def _check(q, k, v, num_heads, focusing_factor, scale, pos, eps) -> None:
             raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
 
 
+@_backend.fx_leaf
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_heads: int,
                 focusing_factor: float | None = None, scale: torch.Tensor | None = None,
                 pos: torch.Tensor | None = None, eps: float = 1e-6, backend: str | None = None) -> torch.Tensor:

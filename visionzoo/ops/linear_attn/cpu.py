@@ -36,7 +36,8 @@ key side's is folded into ``[v | 1]``) and the ReLU mask is ATen's fused ``thres
 passes per side. Saved for backward: ``y`` and ``t`` of each side (fp32), ``k + pos``, per-token norms,
 ``KVb``, the output and the per-head denominators.
 
-Under ``torch.compile`` / export / tracing / scripting the reference runs (plain autograd on ATen ops).
+Under ``torch.compile`` / ``torch.export`` this path runs as the custom op ``visionzoo::linear_attn_cpu``; under
+``torch.jit`` the reference runs instead (the rule lives in :mod:`visionzoo.ops._backend`).
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ import torch
 import torch.nn.functional as F
 
 from . import FEATURE_EPS
-from .reference import linear_attn_reference
 
 __all__ = ["linear_attn_cpu"]
 
@@ -240,14 +240,8 @@ class _LinearAttn(torch.autograd.Function):
                 None if dpos is None else dpos.to(pos.dtype), None, None, None)
 
 
-def _tracing() -> bool:
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 def linear_attn_cpu(q, k, v, num_heads: int, p: float | None, scale, pos, eps: float) -> torch.Tensor:
     """``q [B, N, C]``, ``k [B, n, C]``, ``v [B, n, Cv]`` -> ``[B, N, Cv]`` (see :mod:`.reference`)."""
-    if _tracing():
-        return linear_attn_reference(q, k, v, num_heads, p, scale, pos, eps)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, scale, pos)):
         return _LinearAttn.apply(q, k, v, scale, pos, num_heads, p, eps)
     dt = torch.promote_types(q.dtype, torch.float32)

@@ -24,6 +24,9 @@ _backend.register_op(
         "triton": "visionzoo.ops.lka.triton:lka_triton",
     },
     checks={"triton": lambda *tensors, **geometry: _triton_can_run(*tensors, **geometry)},
+    schema="(Tensor x, Tensor w0, Tensor? b0, Tensor w1, Tensor? b1, int dilation)",
+    diff=(0, 1, 2, 3, 4),
+    fake=lambda x, *_: x.new_empty(x.shape),
 )
 
 
@@ -68,6 +71,7 @@ def _check(x, w0, b0, w1, b1, dilation):
             raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
 
 
+@_backend.fx_leaf
 def lka(x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor | None,
         dilation: int = 3, backend: str | None = None) -> torch.Tensor:
     """The two depthwise convolutions of VAN's large-kernel attention, same map size in and out.

@@ -16,8 +16,8 @@ same-run ratios):
   ``convolution_backward`` (weight only) on the padded input, which is the slow part (oneDNN has no
   fast depthwise weight-gradient kernel for this case): see the benchmark for the fwd+bwd / fwd ratio.
 
-Under ``torch.compile`` / export / tracing / scripting the same padded convolutions run with plain
-autograd (no custom ``autograd.Function``), so compilers see ordinary ATen ops.
+Under ``torch.compile`` / ``torch.export`` this path runs as the custom op ``visionzoo::lka_cpu``; under
+``torch.jit`` the reference runs instead (the rule lives in :mod:`visionzoo.ops._backend`).
 """
 from __future__ import annotations
 
@@ -85,16 +85,12 @@ class _LKA(torch.autograd.Function):
         return dx, dw0, db0, dw1, db1, None
 
 
-def _tracing() -> bool:
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 def lka_cpu(x, w0, b0, w1, b1, dilation):
     """``x [B, C, H, W]`` -> ``[B, C, H, W]`` in x's memory format (see :mod:`.reference` for the definition)."""
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
     xc = x.contiguous(memory_format=torch.channels_last)
-    if _tracing() or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled():
         y = _dwconv(_dwconv(xc, w0, b0, 1), w1, b1, dilation)
     else:
         y = _LKA.apply(xc, w0, b0, w1, b1, dilation)

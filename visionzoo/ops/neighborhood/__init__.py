@@ -34,6 +34,10 @@ _backend.register_op(
         "triton": "visionzoo.ops.neighborhood.triton:na2d_triton",
     },
     checks={"triton": triton_attention_can_run},
+    schema="(Tensor q, Tensor k, Tensor v, int[] kernel_size, int[] dilation, int[] stride, Tensor? rpb, "
+           "float scale, int[]? valid)",
+    diff=(0, 1, 2, 6),
+    fake=lambda q, k, v, *_: v.new_empty(v.shape),
 )
 
 
@@ -131,6 +135,7 @@ def _pad(x: torch.Tensor, layout: _Layout) -> torch.Tensor:
     return pad_map(x, top, hp - top - x.shape[1], left, wp - left - x.shape[2])
 
 
+@_backend.fx_leaf
 def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | Sequence[int],
          dilation: int | Sequence[int] = 1, stride: int | Sequence[int] = 1, rpb: torch.Tensor | None = None,
          scale: float | None = None, backend: str | None = None,
@@ -184,6 +189,7 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | S
     return out if layout.size == size else crop(out, size, start=layout.before)
 
 
+@_backend.fx_leaf
 def na1d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | Sequence[int],
          dilation: int | Sequence[int] = 1, stride: int | Sequence[int] = 1, rpb: torch.Tensor | None = None,
          scale: float | None = None, backend: str | None = None, valid: int | Sequence[int] | None = None,

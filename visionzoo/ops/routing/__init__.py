@@ -21,6 +21,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
 from .. import _backend
 from .._checks import check_qkv, triton_attention_can_run
@@ -37,6 +38,9 @@ _backend.register_op(
         "triton": "visionzoo.ops.routing.triton:bra_triton",
     },
     checks={"triton": triton_attention_can_run},
+    schema="(Tensor qp, Tensor kp, Tensor vp, Tensor idx, int n_win, float scale, int[] valid)",
+    diff=(0, 1, 2),
+    fake=lambda q, k, v, *_: q.new_empty((*q.shape[:-1], v.shape[-1])),
 )
 
 
@@ -65,7 +69,9 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
     rh, rw = hp // n_win, wp // n_win
 
     uniform = tuple(valid) == (hp, wp)
-    counts = None if uniform else _region_counts(n_win, rh, rw, tuple(valid), qp.device).to(qp.dtype)
+    # the cache holds real tensors only: never one made while tracing (a fake or symbolic tensor)
+    counts_fn = _region_counts if _backend.tracing() is None and not is_fake(qp) else _region_counts.__wrapped__
+    counts = None if uniform else counts_fn(n_win, rh, rw, tuple(valid), qp.device).to(qp.dtype)
 
     def means(t):  # region sums by a channels-last sum-pool (a strided reshape-sum is ~50x slower)
         s = F.avg_pool2d(t.flatten(3).permute(0, 3, 1, 2), (rh, rw), divisor_override=1).flatten(2).transpose(1, 2)
@@ -86,6 +92,7 @@ def _region_counts(n_win: int, rh: int, rw: int, valid: tuple[int, int], device)
     return (rows.view(n_win, rh).sum(1)[:, None] * cols.view(n_win, rw).sum(1)[None, :]).reshape(-1)
 
 
+@_backend.fx_leaf
 def bra_routing(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torch.Tensor:
     """The routed regions of :func:`bra`: ``[B, n_win^2, min(topk, n_win^2)]`` key-region indices
     (row-major region order) for every query region, highest affinity first."""
@@ -94,6 +101,7 @@ def bra_routing(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int) -> torc
     return _route(pad_to_size(q, size), pad_to_size(k, size), n_win, topk, tuple(q.shape[1:3]), ordered=True)
 
 
+@_backend.fx_leaf
 def bra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, topk: int, scale: float | None = None,
         backend: str | None = None) -> torch.Tensor:
     """Bi-level routing attention (see the module docstring).
