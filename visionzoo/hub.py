@@ -24,6 +24,7 @@ from timm.models._hub import generate_readme, save_config_for_hf, save_for_hf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._factory import count_params, create_model, list_models, model_info
+from .models._pretrained_sources import card_weights, hub_facts, pretrained_summary
 from .models._registry import MODELS, PREFIX
 from .ops import use_backend
 
@@ -53,7 +54,8 @@ def hub_config(name: str) -> dict:
     extra = dict(visionzoo=dict(
         family=info["family"], param_count=count_params(model), gmacs=round(gmacs(name), 3),
         official_params_key=info.get("official_params_key"), official_top1=info.get("top1"),
-        official_top1_source=info.get("top1_source"), feature_info=info["feature_info"]))
+        official_top1_source=info.get("top1_source"), feature_info=info["feature_info"],
+        pretrained_tags=hub_facts(name)))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "config.json")
         save_config_for_hf(model, path, model_config=extra)
@@ -65,11 +67,11 @@ def model_card(name: str, config: dict | None = None) -> str:
     config = config or hub_config(name)
     cfg, vz = config["pretrained_cfg"], config["visionzoo"]
     size = cfg["input_size"]
+    weights, load = card_weights(name)
     card = dict(
         license=cfg.get("license", "apache-2.0"), tags=["image-classification", "timm", "visionzoo"],
         description=f"A {vz['family']} image classification model / feature backbone from visionzoo. "
-                    f"{cfg.get('paper_name', '')}. Weights are not hosted here: load the official "
-                    f"checkpoint with `visionzoo.create_model('{name}', checkpoint_path=...)`.",
+                    f"{cfg.get('paper_name', '')}. {weights}",
         details={
             "Model Type": "Image classification / feature backbone",
             "Model Stats": {"Params (M)": f"{vz['param_count'] / 1e6:.2f}", "GMACs": f"{vz['gmacs']:.2f}",
@@ -79,7 +81,7 @@ def model_card(name: str, config: dict | None = None) -> str:
             "Official top-1": f"{vz['official_top1']} ({vz['official_top1_source']})" if vz["official_top1"] else "n/a",
         },
         usage=("```python\nimport visionzoo\n\n"
-               f"model = visionzoo.create_model('{name}', checkpoint_path='official_checkpoint.pth').eval()\n"
+               f"{load}\n"
                f"features = visionzoo.create_model('{name}', features_only=True)\n```"),
     )
     return generate_readme(card, PREFIX + name)
@@ -103,13 +105,14 @@ def export(out_dir: str, names: list[str] | None = None) -> list[str]:
 
 def model_table() -> str:
     """Markdown table of every registered model, from the registry."""
-    rows = ["| model | family | params (M) | GMACs | input | official top-1 |", "|---|---|---:|---:|---|---:|"]
+    rows = ["| model | family | params (M) | GMACs | input | official top-1 | pretrained (tag: source) |",
+            "|---|---|---:|---:|---|---:|---|"]
     for name in list_models():
         info = model_info(name)
         size = info["input_size"]
         top1 = f"{info['top1']:.2f}" if info.get("top1") else "–"
         rows.append(f"| `{name}` | {info['family']} | {info['params'] / 1e6:.2f} | {gmacs(name):.2f} | "
-                    f"{size[1]}×{size[2]} | {top1} |")
+                    f"{size[1]}×{size[2]} | {top1} | {pretrained_summary(name)} |")
     return "\n".join(rows)
 
 

@@ -26,7 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["SOURCES", "Source", "pretrained_summary", "source", "tag_cfgs", "unavailable_message"]
+__all__ = [
+    "SOURCES",
+    "Source",
+    "card_weights",
+    "hub_facts",
+    "pretrained_summary",
+    "source",
+    "tag_cfgs",
+    "unavailable_message",
+]
 
 KINDS = ("hf-hub", "timm", "url", "cloud")
 LAYOUTS = ("official", "timm", "transformers")
@@ -389,3 +398,37 @@ def pretrained_summary(name: str) -> str:
         }
         parts.append(f"{s.tag}: {where[s.kind]} ({s.layout})")
     return "; ".join(parts) or "–"
+
+
+def hub_facts(name: str) -> dict[str, dict]:
+    """Per tag, what ``hub_configs/<name>/config.json`` records about the released weights."""
+    return {
+        s.tag: {
+            "kind": s.kind,
+            "location": s.location,
+            "file": s.filename or None,
+            "layout": s.layout,
+            "top1": s.top1,
+            "license": s.license or None,
+            "evidence": s.evidence,
+        }
+        for s in SOURCES.get(name, ())
+    }
+
+
+def card_weights(name: str) -> tuple[str, str]:
+    """(a model card sentence on the weights, the card's load line) for registered model ``name``."""
+    sources = SOURCES.get(name, ())
+    if any(s.kind != "cloud" for s in sources):
+        tags = ", ".join(f"`{name}.{s.tag}`" for s in sources if s.kind != "cloud")
+        return (
+            f"Released weights ({pretrained_summary(name)}) are downloaded and converted by "
+            f"`visionzoo.create_model('{name}', pretrained=True)` (tags: {tags}).",
+            f"model = visionzoo.create_model('{name}', pretrained=True).eval()",
+        )
+    where = f" from {sources[0].location}" if sources else ""
+    return (
+        f"Weights are not hosted here: download the official checkpoint{where} and load it with "
+        f"`visionzoo.create_model('{name}', checkpoint_path=...)`.",
+        f"model = visionzoo.create_model('{name}', checkpoint_path='official_checkpoint.pth').eval()",
+    )
