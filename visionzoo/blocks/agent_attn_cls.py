@@ -68,15 +68,16 @@ class AgentAttnCls(AgentAttn):
             raise ValueError(f"AgentAttnCls: x must be [B, 1 + H * W, C] for size {tuple(size)}, got {tuple(x.shape)}")
         heads, hd = self.num_heads, self.head_dim
         qkv = fused_eval.linear(self, self.qkv, x)  # [B, N, 3C]
-        # one copy to heads-first q, k, v (the op's GEMMs then read them in place); the agents and dwc(v)
-        # read the patch tokens of qkv as [B, C, H, W] views
+        # one copy to heads-first q, k, v (the op's GEMMs then read them in place)
         q, k, v = qkv.view(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
-        patches = qkv[:, 1:].view(B, H, W, 3 * C).permute(0, 3, 1, 2)
-        agents = F.adaptive_avg_pool2d(patches[:, :C], self.pool_size).reshape(B, heads, hd, self.agent_num)
+        # agents: each head's patch queries pooled as a channels-last [B heads, hd, H, W] view (no copy)
+        per_head = q[:, :, 1:].reshape(B * heads, H, W, hd).permute(0, 3, 1, 2)
+        agents = F.adaptive_avg_pool2d(per_head, self.pool_size).permute(0, 2, 3, 1).reshape(B, heads, -1, hd)
         bias_kv, bias_q = self.biases(H, W, x.dtype)
-        out = agent_attn(q, k, v, agents.transpose(-1, -2), bias_kv, bias_q, scale=self.scale, backend=self.backend)
+        out = agent_attn(q, k, v, agents, bias_kv, bias_q, scale=self.scale, backend=self.backend)
         out = out.transpose(1, 2).reshape(B, N, C)
-        local = self.dwc(patches[:, 2 * C:]).flatten(2).transpose(1, 2)  # [B, H W, C]
+        v_map = qkv[:, 1:, 2 * C:].view(B, H, W, C).permute(0, 3, 1, 2)
+        local = self.dwc(v_map).flatten(2).transpose(1, 2)  # [B, H W, C]
         if torch.is_grad_enabled():  # out of place: with one head `out` is a view of the op's (saved) output
             out = torch.cat([out[:, :1], out[:, 1:] + local], 1)
         else:
