@@ -41,19 +41,24 @@ class Backbone(nn.Module):
     nwd_patterns: tuple[str, ...] = ()
 
     def _finish(self, in_chans: int, num_classes: int, stage_chs: Iterable[int], reductions: Iterable[int],
-                global_pool: str, num_features: int | None = None) -> None:
+                global_pool: str, num_features: int | None = None, stem_level: tuple[int, int] | None = None) -> None:
         """Record the contract attributes once the modules exist.
 
         ``num_features`` defaults to the last stage's width; pass it when ``norm`` changes the width
-        (e.g. MobileNetV2's final 1x1 conv, which sits in the ``norm`` slot).
+        (e.g. MobileNetV2's final 1x1 conv, which sits in the ``norm`` slot). ``stem_level=(channels,
+        reduction)`` makes the stem's tap (:meth:`_stem_with_tap`, e.g. a ResNet's stride-2 map before its
+        max-pool, as timm's ResNets) feature level 0; the stages are then levels 1...
         """
         stage_chs, reductions = list(stage_chs), list(reductions)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = num_features or stage_chs[-1]
-        self.feature_info = [dict(num_chs=c, reduction=r, module=f"stages.{i}", index=i, stage=i)
-                             for i, (c, r) in enumerate(zip(stage_chs, reductions))]
+        self.stem_level = stem_level is not None
+        stem = [dict(num_chs=stem_level[0], reduction=stem_level[1], module="stem", index=0, stage=0)] \
+            if stem_level else []
+        self.feature_info = stem + [dict(num_chs=c, reduction=r, module=f"stages.{i}", index=i + len(stem),
+                                         stage=i + len(stem)) for i, (c, r) in enumerate(zip(stage_chs, reductions))]
         self.grad_checkpointing = False
         self.nhwc_stages = type(self).nhwc_stages  # an instance attribute TorchScript sees
 
@@ -95,6 +100,10 @@ class Backbone(nn.Module):
         return self.head(x, pre_logits=pre_logits)
 
     # ---- trunk ----------------------------------------------------------------------------
+    def _stem_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(stem output, stem level)`` for families with ``stem_level`` (see :meth:`_finish`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no stem feature level")
+
     def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2) if self.nhwc_stages else x
 
@@ -136,14 +145,20 @@ class Backbone(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW' (the layout every visionzoo tap uses), got {output_fmt!r}")
         check_image_batch(x, self.in_chans)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        first = int(self.stem_level)  # level of stage 0
+        take_indices, max_index = feature_take_indices(len(self.stages) + first, indices)
         last = len(self.stages) - 1
         intermediates = []
-        x = self.stem(x)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        if first:
+            x, tap = self._stem_with_tap(x)
+            if 0 in take_indices:
+                intermediates.append(tap)
+        else:
+            x = self.stem(x)
+        stages = self.stages[:max_index + 1 - first] if stop_early else self.stages
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
-            if i in take_indices:
+            if i + first in take_indices:
                 tap = self.norm(x) if norm and i == last else x
                 intermediates.append(self._to_nchw(tap).contiguous())
         if intermediates_only:
@@ -155,9 +170,10 @@ class Backbone(nn.Module):
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """Drop the stages after the last requested tap (and optionally the norm and head)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        pruned = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
+        first = int(self.stem_level)  # level of stage 0
+        take_indices, max_index = feature_take_indices(len(self.stages) + first, indices)
+        pruned = max_index < len(self.stages) + first - 1
+        self.stages = self.stages[:max_index + 1 - first]
         self.feature_info = self.feature_info[:max_index + 1]
         self.num_features = self.head_hidden_size = self.feature_info[-1]["num_chs"]
         if prune_norm or pruned:  # the final norm is sized for the last stage

@@ -9,6 +9,10 @@ grouped 3x3. Checkpoints: the official ECANet and attention-module (CBAM) layout
 ``legacy_se*`` ports convert automatically (:func:`checkpoint_filter_fn`).
 
 Any input size works: pooling is global (the official CBAM's ``AvgPool2d(7)`` equals it at 224).
+
+Feature levels follow timm's ResNets: level 0 is the stem's stride-2 map (after its ReLU, before the max-pool),
+levels 1-4 the stages (strides 4-32), so ``out_indices=(1, 2, 3, 4)`` are the four stages. ``output_stride=16``
+or ``8`` dilates the last stage(s) instead of striding them (DeepLab), as timm's ResNets do.
 """
 from __future__ import annotations
 
@@ -65,28 +69,34 @@ class ResNetCfg:
         return 4 if self.block == "bottleneck" else 1
 
 
-def _conv_bn(in_chs, out_chs, kernel, stride=1, groups=1, dd=None):
-    return (nn.Conv2d(in_chs, out_chs, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False, **dd),
+def _conv_bn(in_chs, out_chs, kernel, stride=1, groups=1, dilation=1, dd=None):
+    return (nn.Conv2d(in_chs, out_chs, kernel, stride, dilation * (kernel - 1) // 2, dilation, groups=groups,
+                      bias=False, **dd),
             nn.BatchNorm2d(out_chs, **dd))
 
 
 class ResidualBlock(nn.Module):
-    """Basic (two 3x3) or bottleneck (1x1-3x3-1x1) residual block with channel attention."""
+    """Basic (two 3x3) or bottleneck (1x1-3x3-1x1) residual block with channel attention.
+
+    ``dilation``: of the 3x3 convs; ``first_dilation`` (default ``dilation``) of the first 3x3, which a dilated
+    stage's first block keeps at the previous stage's dilation (timm's ResNet rule)."""
 
     def __init__(self, cfg: ResNetCfg, in_chs: int, planes: int, stride: int, attn_kwargs: dict,
-                 drop_path: float = 0.0, device=None, dtype=None):
+                 drop_path: float = 0.0, dilation: int = 1, first_dilation: int | None = None, device=None,
+                 dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         out_chs = planes * cfg.expansion
+        first_dilation = first_dilation or dilation
         if cfg.block == "basic":
-            self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride, dd=dd)
-            self.conv2, self.bn2 = _conv_bn(planes, out_chs, 3, dd=dd)
+            self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride, dilation=first_dilation, dd=dd)
+            self.conv2, self.bn2 = _conv_bn(planes, out_chs, 3, dilation=dilation, dd=dd)
             self.conv3 = self.bn3 = None
         else:
             width = int(planes * cfg.base_width / 64) * cfg.groups
             s1, s3 = (stride, 1) if cfg.stride_in_1x1 else (1, stride)
             self.conv1, self.bn1 = _conv_bn(in_chs, width, 1, s1, dd=dd)
-            self.conv2, self.bn2 = _conv_bn(width, width, 3, s3, groups=cfg.groups, dd=dd)
+            self.conv2, self.bn2 = _conv_bn(width, width, 3, s3, groups=cfg.groups, dilation=first_dilation, dd=dd)
             self.conv3, self.bn3 = _conv_bn(width, out_chs, 1, dd=dd)
         self.act = nn.ReLU(inplace=True)
         self.attn = create_channel_attn(cfg.attn, out_chs, **attn_kwargs, **dd)
@@ -126,11 +136,18 @@ class ResidualBlock(nn.Module):
 
 
 class ChannelAttnResNet(Backbone):
-    """ResNet family over :class:`ResNetCfg` (see the module docstring)."""
+    """ResNet family over :class:`ResNetCfg` (see the module docstring).
+
+    Args:
+        output_stride: 32, or 16 / 8 to dilate the last one / two stages instead of striding them.
+    """
 
     def __init__(self, cfg: ResNetCfg, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None, dtype=None):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, output_stride: int = 32, device=None,
+                 dtype=None):
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
         dd = dict(device=device, dtype=dtype)
         self.cfg = cfg
         stem_stride = 2 if cfg.stem_kernel == 7 else 1
@@ -141,12 +158,15 @@ class ChannelAttnResNet(Backbone):
         elif cfg.stem_pool == "caffe":
             stem["pool"] = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.stem = ChannelsLastStem(stem)
+        stem_level = (cfg.stem_width, stem_stride)
         reduction = stem_stride * (2 if cfg.stem_pool != "none" else 1)
 
-        in_chs, stages, chs, reductions = cfg.stem_width, [], [], []
+        in_chs, stages, chs, reductions, dilation = cfg.stem_width, [], [], [], 1
         for i, (depth, planes, dpr) in enumerate(zip(cfg.depths, cfg.widths, drop_path_rates(drop_path_rate,
                                                                                                cfg.depths))):
-            stride = 1 if i == 0 else 2
+            stride, first_dilation = 1 if i == 0 else 2, dilation
+            if stride == 2 and reduction >= output_stride:
+                stride, dilation = 1, dilation * 2
             reduction *= stride
             attn_kwargs = {}
             if cfg.attn in ("se", "cbam"):
@@ -155,7 +175,8 @@ class ChannelAttnResNet(Backbone):
                 attn_kwargs["kernel_size"] = cfg.attn_kernel_sizes[i]
             blocks = []
             for j in range(depth):
-                blocks.append(ResidualBlock(cfg, in_chs, planes, stride if j == 0 else 1, attn_kwargs, dpr[j], **dd))
+                blocks.append(ResidualBlock(cfg, in_chs, planes, stride if j == 0 else 1, attn_kwargs, dpr[j], dilation,
+                                            first_dilation if j == 0 else dilation, **dd))
                 in_chs = planes * cfg.expansion
             stages.append(nn.Sequential(*blocks))
             chs.append(in_chs)
@@ -163,8 +184,17 @@ class ChannelAttnResNet(Backbone):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.Identity()
         self.head = ClassifierHead(in_chs, num_classes, global_pool, drop_rate, **dd)
-        self._finish(in_chans, num_classes, chs, reductions, global_pool)
+        self._finish(in_chans, num_classes, chs, reductions, global_pool, stem_level=stem_level)
         self.init_weights()
+
+    @staticmethod
+    def num_stages(cfg: ResNetCfg) -> int:  # the stem level and the stages
+        return len(cfg.depths) + 1
+
+    def _stem_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stem = self.stem
+        tap = stem.act(stem.bn(stem.conv(x.contiguous(memory_format=torch.channels_last))))
+        return (stem.pool(tap) if hasattr(stem, "pool") else tap), tap
 
     def init_weights(self) -> None:
         for m in self.modules():

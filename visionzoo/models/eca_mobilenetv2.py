@@ -5,7 +5,8 @@ of that file reads ``c <= 96``).
 
 Stages are grouped by output stride (2, 4, 8, 16, 32); the final 1x1 conv to 1280 channels sits
 in the contract's ``norm`` slot, so the stage taps are the block outputs (as in timm's MobileNets)
-and ``forward_features`` ends with the 1280-channel map.
+and ``forward_features`` ends with the 1280-channel map. ``output_stride=16`` or ``8`` dilates the
+depthwise convs of the last stage(s) instead of striding them, as timm's MobileNets do.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ class MobileNetV2Cfg:
             raise ValueError("MobileNetV2Cfg.settings rows are (t, c, n, s) and the first row must have s=1")
 
 
-def _conv_bn(in_chs, out_chs, kernel=1, stride=1, groups=1, act=True, dd=None) -> nn.Sequential:
-    layers = OrderedDict(conv=nn.Conv2d(in_chs, out_chs, kernel, stride, (kernel - 1) // 2, groups=groups,
-                                        bias=False, **dd), bn=nn.BatchNorm2d(out_chs, **dd))
+def _conv_bn(in_chs, out_chs, kernel=1, stride=1, groups=1, act=True, dilation=1, dd=None) -> nn.Sequential:
+    layers = OrderedDict(conv=nn.Conv2d(in_chs, out_chs, kernel, stride, dilation * (kernel - 1) // 2, dilation,
+                                        groups=groups, bias=False, **dd), bn=nn.BatchNorm2d(out_chs, **dd))
     if act:
         layers["act"] = nn.ReLU6(inplace=True)
     return nn.Sequential(layers)
@@ -50,12 +51,12 @@ def _conv_bn(in_chs, out_chs, kernel=1, stride=1, groups=1, act=True, dd=None) -
 
 class InvertedResidual(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int, expand: int, eca_kernel: int,
-                 drop_path: float = 0.0, device=None, dtype=None):
+                 drop_path: float = 0.0, dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         hidden = int(round(in_chs * expand))
         self.conv_pw = _conv_bn(in_chs, hidden, dd=dd) if expand != 1 else nn.Identity()
-        self.conv_dw = _conv_bn(hidden, hidden, 3, stride, groups=hidden, dd=dd)
+        self.conv_dw = _conv_bn(hidden, hidden, 3, stride, groups=hidden, dilation=dilation, dd=dd)
         self.conv_pwl = _conv_bn(hidden, out_chs, act=False, dd=dd)
         self.attn = EfficientChannelAttn(out_chs, eca_kernel, **dd)
         self.has_skip = stride == 1 and in_chs == out_chs
@@ -67,25 +68,35 @@ class InvertedResidual(nn.Module):
 
 
 class EcaMobileNetV2(Backbone):
+    """MobileNetV2 with ECA; ``output_stride`` 32, or 16 / 8 to dilate the last stage(s) instead of striding."""
+
     def __init__(self, cfg: MobileNetV2Cfg, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None, dtype=None):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, output_stride: int = 32, device=None,
+                 dtype=None):
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
         dd = dict(device=device, dtype=dtype)
         self.cfg = cfg
         in_chs = int(cfg.stem_width * cfg.width_mult)
         self.stem = _conv_bn(in_chans, in_chs, 3, 2, dd=dd)
         dpr = iter(drop_path_rates(drop_path_rate, [sum(row[2] for row in cfg.settings)])[0])
-        stages, chs, reductions, reduction = [[]], [], [], 2
+        stages, chs, reductions, reduction, dilation = [[]], [], [], 2, 1
         for t, c, n, s in cfg.settings:
             out_chs = int(c * cfg.width_mult)
+            first_dilation = dilation
             if s == 2:
                 chs.append(in_chs)
                 reductions.append(reduction)
                 stages.append([])
-                reduction *= 2
+                if reduction >= output_stride:  # dilate instead (the row's first block keeps the old dilation)
+                    s, dilation = 1, dilation * 2
+                else:
+                    reduction *= 2
             for i in range(n):
                 k = 3 if c >= cfg.eca_k3_min_chs else 1
-                stages[-1].append(InvertedResidual(in_chs, out_chs, s if i == 0 else 1, t, k, next(dpr), **dd))
+                stages[-1].append(InvertedResidual(in_chs, out_chs, s if i == 0 else 1, t, k, next(dpr),
+                                                   first_dilation if i == 0 else dilation, **dd))
                 in_chs = out_chs
         chs.append(in_chs)
         reductions.append(reduction)
