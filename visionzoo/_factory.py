@@ -10,7 +10,9 @@ import timm
 import torch
 
 from . import convert
+from ._local_dir import create_local
 from .models import _pretrained_sources, _registry
+from .models._classifier_weights import adapt_state_dict, checkpoint_num_classes
 from .models._registry import FAMILIES, MODELS, PREFIX
 
 __all__ = ["UnknownModelError", "create_model", "list_models", "list_families", "list_official_families",
@@ -29,22 +31,13 @@ def _split(name: str) -> tuple[str, str | None]:
     arch, _, tag = name.partition(".")
     plain = arch[len(PREFIX):] if arch.startswith(PREFIX) else arch
     if plain not in MODELS:
-        close = difflib.get_close_matches(plain, list(MODELS), n=5, cutoff=0.5)
+        lower = plain.lower()  # names are lower-case: 'ECA_ResNet18' is a typo of 'eca_resnet18', not a new name
+        close = [lower] if lower in MODELS else difflib.get_close_matches(lower, list(MODELS), n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else "; see visionzoo.list_models()"
         raise UnknownModelError(f"unknown model {name!r}{hint}")
     if tag and tag not in MODELS[plain].tags:
         raise UnknownModelError(f"unknown tag {tag!r} for {plain!r}; known: {', '.join(MODELS[plain].tags)}")
     return plain, tag or None
-
-
-def _checkpoint_num_classes(state_dict: dict, plain: str) -> int | None:
-    """Classifier width of a checkpoint, whatever its layout (the last 2-D weight of the known names)."""
-    for key in ("head.fc.weight", "fc.weight", "last_linear.weight", "classifier.1.weight", "head.weight",
-                "head.l.weight", "classifier.weight"):  # the last: transformers checkpoints
-        w = state_dict.get(key)
-        if isinstance(w, torch.Tensor) and w.ndim in (2, 4):
-            return int(w.shape[0])
-    return None
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
@@ -74,15 +67,23 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | os.
     if isinstance(name, str) and name.startswith(_SOURCES):
         if checkpoint_path is not None:
             raise ValueError(f"checkpoint_path cannot be combined with a {name.split(':')[0]}: source")
-        return timm.create_model(name, pretrained=pretrained or name.startswith("local-dir:"), **kwargs)
+        if name.startswith("local-dir:"):
+            return create_local(name, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
     plain, tag = _split(name)
     arch = PREFIX + plain + (f".{tag}" if tag else "")
     if checkpoint_path is not None:
         if pretrained:
             raise ValueError("pass either pretrained=True or checkpoint_path, not both")
         state_dict = convert.load_checkpoint_file(checkpoint_path)
+        if features_only or kwargs.get("num_classes") == 0:
+            # a backbone without the classifier (or the later stages): convert against the full architecture,
+            # then keep the keys this model has
+            model = timm.create_model(arch, **kwargs)
+            model.load_state_dict(adapt_state_dict(model, state_dict), strict=True)
+            return model
         overlay = dict(state_dict=state_dict)
-        ckpt_classes = _checkpoint_num_classes(state_dict, plain)
+        ckpt_classes = checkpoint_num_classes(state_dict)
         if ckpt_classes is not None:
             overlay["num_classes"] = ckpt_classes
             kwargs.setdefault("num_classes", ckpt_classes)

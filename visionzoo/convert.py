@@ -18,8 +18,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint_file", "unwrap_state_dict", "rename", "remap", "from_official",
-           "check_official_kwargs"]
+__all__ = ["CheckpointError", "describe_load_error", "load_checkpoint_file", "unwrap_state_dict", "rename", "remap",
+           "from_official", "check_official_kwargs"]
 
 _WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -59,9 +59,26 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint_path {path!r} could not be read ({type(e).__name__}: {e}); "
-                              "expected a torch .pth/.pt/.bin file or a .safetensors file") from e
+        raise CheckpointError(f"checkpoint_path {path!r} could not be read ({describe_load_error(e)}); "
+                              "expected a torch .pth/.pt/.bin file of tensors or a .safetensors file") from None
     return unwrap_state_dict(raw)
+
+
+def describe_load_error(e: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` / safetensors failed, without torch's advice to
+    retry with ``weights_only=False``: that runs arbitrary code from the file, and a checkpoint that needs it
+    is not one visionzoo should open."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # the reason torch found, after its retry advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        reason = "the file holds objects other than tensors and plain containers: " + \
+            next((ln.strip() for ln in text.splitlines() if ln.strip()), "unsupported pickle content")
+        reason = reason.split(" Please use ")[0].split(" Please file ")[0]
+    else:
+        reason = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or "no message"
+    if "weights_only" in reason:
+        reason = "not a checkpoint torch can read as tensors"
+    return f"{type(e).__name__}: {reason}"
 
 
 def rename(state_dict: Mapping[str, torch.Tensor], rules: Iterable[tuple[str, str]],

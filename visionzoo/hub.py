@@ -7,8 +7,9 @@
 ``config.json`` is timm's own schema (written by ``timm.models.save_config_for_hf``) with
 ``architecture = vz_<name>`` plus visionzoo facts (param count, GMACs, official top-1). Tests
 regenerate both into a temporary folder and fail on any drift from what is committed.
-:func:`save_pretrained` exports weights + config so that ``create_model("local-dir:...")`` (or
-``timm.create_model`` after ``import visionzoo``) rebuilds the identical model offline.
+:func:`save_pretrained` exports weights + config so that ``visionzoo.create_model("local-dir:...")`` (or
+``timm.create_model("local-dir:...", pretrained=True)`` after ``import visionzoo``: timm loads an export's
+weights only with ``pretrained=True``) rebuilds the identical model offline.
 """
 from __future__ import annotations
 
@@ -132,9 +133,28 @@ def update_readme(path: str, check: bool = False) -> bool:
     return True
 
 
-def save_pretrained(model: torch.nn.Module, directory: str) -> str:
-    """Export ``model`` (weights as safetensors + timm ``config.json``) for ``local-dir:`` loading."""
-    save_for_hf(model, directory, safe_serialization=True)
+def save_pretrained(model: torch.nn.Module, directory: str, overwrite: bool = False) -> str:
+    """Export ``model`` (weights as safetensors + timm ``config.json``) for ``local-dir:`` loading.
+
+    ``visionzoo.create_model("local-dir:DIR")`` rebuilds the identical model with these weights (as does
+    ``timm.create_model("local-dir:DIR", pretrained=True)`` after ``import visionzoo``; without
+    ``pretrained=True`` timm builds the architecture with random weights, as for any timm name). A
+    ``features_only`` model is exported as itself (``model_args`` records ``features_only`` and
+    ``out_indices``; its pruned weights): load it with ``visionzoo.create_model``. An existing export in
+    ``directory`` is replaced only with ``overwrite=True``.
+    """
+    from .models._base import BackboneFeatures
+    cfg_path = os.path.join(directory, "config.json")
+    if os.path.exists(cfg_path) and not overwrite:
+        raise FileExistsError(f"save_pretrained: {cfg_path!r} already exists; pass overwrite=True to replace "
+                              "that export, or choose another directory")
+    if isinstance(model, BackboneFeatures):
+        # timm records the create_model arguments (architecture overrides included) on the outer module
+        model_args = {**getattr(model, "_model_args", {}), "features_only": True,
+                      "out_indices": [int(i) for i in model.out_indices]}
+        save_for_hf(model.model, directory, model_args=model_args, safe_serialization=True)
+    else:
+        save_for_hf(model, directory, safe_serialization=True)
     return directory
 
 

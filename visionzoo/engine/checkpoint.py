@@ -27,7 +27,7 @@ import shutil
 import numpy as np
 import torch
 
-from ..convert import CheckpointError
+from ..convert import CheckpointError, describe_load_error
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng", "restore_rng", "CheckpointSaver", "find_resume",
            "remove_stale_temporaries", "CHECKPOINT_VERSION"]
@@ -85,8 +85,7 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unpickling failure as a bad checkpoint
-        raise CheckpointError(f"checkpoint {path!r} could not be read ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        raise CheckpointError(f"checkpoint {path!r} could not be read ({describe_load_error(e)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path!r} is a {type(ckpt).__name__}, not a dict")
     return ckpt

@@ -21,6 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from . import _hf_layout, _pretrained_sources
 from ._base import feature_cfg
 from ._checks import check_build_args
+from ._classifier_weights import install
 
 __all__ = ["PREFIX", "ModelEntry", "FamilyEntry", "MODELS", "FAMILIES", "register_family", "build", "tiny_overrides"]
 
@@ -86,10 +87,10 @@ def build(name: str, pretrained: bool = False, **kwargs):
     # timm's feature_cls= / out_map= only mean something with features_only=True (else the model rejects them)
     features = feature_cfg(out_indices, *(kwargs.pop(k, None) for k in ("feature_cls", "out_map"))) \
         if kwargs.get("features_only") else feature_cfg(out_indices)
-    return build_model_with_cfg(
+    return install(build_model_with_cfg(  # install: classifier checkpoints load into headless / feature models
         family.model_cls, PREFIX + name, pretrained, cfg=cfg,
         pretrained_filter_fn=family.filter_fn, feature_cfg=features, **kwargs,
-    )
+    ))
 
 
 def _entrypoint(module: str, name: str) -> Callable:
