@@ -441,3 +441,29 @@ def test_pretrained_summary_names_each_tag_and_source():
         _pretrained_sources.pretrained_summary("dinat_tiny") == "in1k: hf shi-labs/dinat-tiny-in1k-224 (transformers)"
     )
     assert _pretrained_sources.pretrained_summary("halonet_h0") == "–"
+
+
+def _timm_sources():
+    return [(n, s) for n, sources in _pretrained_sources.SOURCES.items() for s in sources if s.kind == "timm"]
+
+
+def _assert_timm_source_converts(name: str, src) -> None:
+    """timm's own model of the source tag (meta device) -> our converter -> exactly our keys and shapes."""
+    num_classes = MODELS[name].tag_cfgs[src.tag]["num_classes"]
+    with torch.device("meta"):
+        ref = timm.create_model(src.location.split(".")[0], num_classes=num_classes)
+    ours = visionzoo.create_model(f"{name}.{src.tag}", device="meta")
+    assert ours.num_classes == num_classes
+    converted = FAMILIES[MODELS[name].family].filter_fn(ref.state_dict(), ours)
+    assert _shapes(converted) == _shapes(ours.state_dict())
+
+
+@pytest.mark.parametrize("name", ["maxvit_tiny", "halonet26t", "se_resnext50_32x4d"])
+def test_timm_source_layout_converts(name):
+    _assert_timm_source_converts(name, _pretrained_sources.source(name))
+
+
+@pytest.mark.extended  # every timm-hosted tag (~25 s of meta-device builds); one per family runs by default above
+@pytest.mark.parametrize("name, src", _timm_sources(), ids=lambda v: getattr(v, "location", v))
+def test_every_timm_source_layout_converts(name, src):
+    _assert_timm_source_converts(name, src)
