@@ -176,3 +176,24 @@ def test_errors_name_the_argument(kwargs, match):
 def test_global_allows_odd_heads():
     m = CrossShapedWindowAttn(30, 3, global_attn=True)
     assert m(torch.randn(1, 5, 4, 30)).shape == (1, 5, 4, 30)
+
+
+def test_cpu_fast_path_only_on_whole_windows(monkeypatch):
+    """The cpu backend's whole windows go through the batched-GEMM path (so the backend tests above check it);
+    maps the stripes do not divide, and the reference backend, go through na2d."""
+    from visionzoo.blocks import cswin_attn
+
+    calls = []
+    real = cswin_attn._window_math
+    monkeypatch.setattr(cswin_attn, "_window_math", lambda *a: calls.append(a[3]) or real(*a))
+    m = _module(7, dtype=torch.float32)
+    m.backend = "cpu"
+    m(torch.randn(1, 14, 14, 32))
+    assert calls == [(14, 7), (7, 14)]
+    calls.clear()
+    m(torch.randn(1, 13, 14, 32))  # vertical stripes (13, 7) are whole, horizontal (7, 14) rows are not
+    assert calls == [(13, 7)]
+    m.backend = "reference"
+    calls.clear()
+    m(torch.randn(1, 14, 14, 32))
+    assert calls == []

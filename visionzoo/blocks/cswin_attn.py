@@ -32,11 +32,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from ..ops import _backend
 from ..ops.neighborhood import na2d
 from ..ops.partition import crop, from_windows, pad_map, to_windows
 from .focused_linear_attn import FocusedLinearAttn
 
-__all__ = ["CrossShapedWindowAttn", "FocusedLinearAttnLePE", "windowed_dwconv", "stripes"]
+__all__ = ["CrossShapedWindowAttn", "FocusedLinearAttnLePE", "stripe_attention", "stripes", "windowed_dwconv"]
 
 
 def stripes(height: int, width: int, split_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -70,9 +71,61 @@ def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return crop(from_windows(out, (wh, ww), (hp, wp)), (H, W))
 
 
-def _lepe(conv: nn.Conv2d, v: torch.Tensor, window: tuple[int, int], channels: slice) -> torch.Tensor:
-    bias = None if conv.bias is None else conv.bias[channels]
-    return windowed_dwconv(v, conv.weight[channels], bias, window)
+#: the longest window the cpu fast path takes (its ``[windows, heads, L, L]`` scores are materialised)
+FAST_MAX_TOKENS = 1024
+
+
+def _window_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int], scale: float,
+                 out: torch.Tensor) -> None:
+    """Softmax attention inside every ``window`` of ``[B, H, W, heads, D]`` maps that are whole windows, as
+    batched GEMMs around one softmax, written into ``out`` (``[B, H, W, heads, D]``, any strides)."""
+    B, H, W, heads, d = q.shape
+    (wh, ww), dv = window, v.shape[-1]
+    nh, nw = H // wh, W // ww
+
+    def part(t):  # [B * nh * nw * heads, wh * ww, D], contiguous: bmm on strided views runs ~5x slower on CPU
+        t = t.reshape(B, nh, wh, nw, ww, heads, -1).permute(0, 1, 3, 5, 2, 4, 6)
+        return t.reshape(-1, wh * ww, t.shape[-1]).contiguous()
+    attn = torch.bmm(part(q), part(k).transpose(1, 2)).mul_(scale).softmax(-1)
+    res = torch.bmm(attn, part(v))
+    out.view(B, nh, wh, nw, ww, heads, dv).copy_(res.view(B, nh, nw, heads, wh, ww, dv).permute(0, 1, 4, 2, 5, 3, 6))
+
+
+def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int], scale: float,
+                     backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention inside disjoint ``window`` blocks of ``[B, H, W, heads, D]`` maps: ``na2d`` with
+    ``kernel_size = stride = window`` and ``pad=True`` (maps that are not whole windows padded, padding keys
+    masked). Where ``na2d`` would run its ``cpu`` backend on whole windows of at most :data:`FAST_MAX_TOKENS`
+    tokens, the windows are attended with two batched GEMMs around one softmax instead: for CSWin's stripes
+    (56 or 98 tokens) that is faster than the flash kernel the ``cpu`` backend and SDPA pick, whose tiles are
+    sized for long sequences (``benchmarks/bench_cswin.py``). Returns ``out`` (``[B, H, W, heads, Dv]``; allocated
+    when None) holding the result."""
+    B, H, W, heads, _ = q.shape
+    if out is None:
+        out = q.new_empty(B, H, W, heads, v.shape[-1])
+    whole = H % window[0] == 0 and W % window[1] == 0 and window[0] * window[1] <= FAST_MAX_TOKENS
+    if whole and q.device.type == "cpu" and _backend.tracing() is None:
+        _, name = _backend.resolve("na2d", q, k, v, backend=backend, kernel_size=window, dilation=(1, 1),
+                                   stride=window)
+        if name == "cpu":
+            _window_math(q, k, v, window, scale, out)
+            return out
+    return out.copy_(na2d(q, k, v, window, stride=window, scale=scale, pad=True, backend=backend))
+
+
+def _lepe_kernel_mask(windows, height: int, width: int, c: int) -> torch.Tensor | None:
+    """Where every branch's window spans the map or is 1 wide along an axis, the per-window LePE is one 3x3
+    depthwise conv over the whole map whose kernel keeps only the taps inside a window: ``[nb * c, 1, 3, 3]``
+    mask (1 wide along W: the middle column, along H: the middle row). None where a window cuts an axis
+    elsewhere (stripes wider than 1 on a longer map)."""
+    masks = []
+    for wh, ww in windows:
+        if wh not in (1, height) or ww not in (1, width):
+            return None
+        rows = torch.tensor([0.0, 1.0, 0.0]) if wh == 1 and height > 1 else torch.ones(3)
+        cols = torch.tensor([0.0, 1.0, 0.0]) if ww == 1 and width > 1 else torch.ones(3)
+        masks.append((rows[:, None] * cols[None, :]).expand(c, 1, 3, 3))
+    return torch.cat(masks)
 
 
 @register_notrace_module  # an FX leaf: the stripes are Python on the runtime map size
@@ -120,17 +173,32 @@ class CrossShapedWindowAttn(nn.Module):
         return ((height, width),) if self.global_attn else stripes(height, width, self.split_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        c, heads = C // self.branches, self.num_heads // self.branches
-        qkv = self.qkv(x).reshape(B, H, W, 3, C)
-        outs = []
-        for i, window in enumerate(self.windows(H, W)):
+        return self.proj_drop(self.proj(self.mix(self.qkv(x))))
+
+    def mix(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The input of ``proj`` (``[B, H, W, C]``) from the ``qkv`` projection (``[B, H, W, 3C]``): the stripe (or
+        global) attention of every branch plus its LePE, branches side by side along channels."""
+        B, H, W, C3 = qkv.shape
+        C = C3 // 3
+        c, heads, d = C // self.branches, self.num_heads // self.branches, self.head_dim
+        qkv = qkv.reshape(B, H, W, 3, C)
+        windows = self.windows(H, W)
+        out = qkv.new_empty(B, H, W, C)
+        for i, window in enumerate(windows):
             part = slice(i * c, (i + 1) * c)
-            q, k, v = qkv[..., part].reshape(B, H, W, 3, heads, self.head_dim).unbind(3)
-            out = na2d(q, k, v, window, stride=window, scale=self.scale, pad=True, backend=self.backend)
-            outs.append(out.reshape(B, H, W, c) + _lepe(self.lepe, v.reshape(B, H, W, c), window, part))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-        return self.proj_drop(self.proj(out))
+            q, k, v = qkv[..., part].reshape(B, H, W, 3, heads, d).unbind(3)
+            stripe_attention(q, k, v, window, self.scale, self.backend, out=out[..., part].view(B, H, W, heads, d))
+        v = qkv[:, :, :, 2]
+        mask = _lepe_kernel_mask(windows, H, W, c)
+        if mask is not None:  # one conv for every branch
+            w = self.lepe.weight * mask.to(self.lepe.weight)
+            out += F.conv2d(v.permute(0, 3, 1, 2), w, self.lepe.bias, padding=1, groups=C).permute(0, 2, 3, 1)
+        else:
+            for i, window in enumerate(windows):
+                part = slice(i * c, (i + 1) * c)
+                bias = None if self.lepe.bias is None else self.lepe.bias[part]
+                out[..., part] += windowed_dwconv(v[..., part], self.lepe.weight[part], bias, window)
+        return out
 
     def extra_repr(self) -> str:
         kind = "global" if self.global_attn else f"stripes of {self.split_size}"
