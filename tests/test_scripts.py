@@ -264,6 +264,8 @@ BAD = {
     "sync-bn on cpu": (["--sync-bn", "--device", "cpu"], "--sync-bn needs GPUs"),
     "mixup odd batch": (["--mixup", "0.8", "-b", "7"], "must be even"),
     "bad model kwargs": (["--model-kwargs", "nonsense"], "key=value"),
+    "model kwargs literal": (["--model-kwargs", "layers=(1,1"], "layers=(1,1: '(1,1' is not a Python literal"),
+    "resume a missing run": (["--resume", "/nonexistent/run"], "--resume '/nonexistent/run' does not exist"),
 }
 
 
@@ -278,6 +280,17 @@ def test_bad_arguments_fail_fast_with_one_line(case, data, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("train.py: error:") and message in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()  # nothing was created
     assert time.monotonic() - t0 < 60
+
+
+def test_validate_checkpoint_of_another_architecture(trained, data):
+    """timm's validate.py loads --checkpoint into --model: the ECA run's --model-kwargs are not carried over
+    to NAT (they failed as unexpected keywords), and the mismatch is one line naming both."""
+    proc = run("validate.py", "--data-dir", data, "--model", "nat_mini", "--checkpoint", trained / "last.pth.tar",
+               "-j", "0", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--model 'nat_mini'" in lines[0] and "trained as 'eca_resnet18'" in lines[0], lines
+    assert "are not applied" in proc.stdout + proc.stderr  # the warning about the run's --model-kwargs
 
 
 def test_validate_bad_arguments(tmp_path):
