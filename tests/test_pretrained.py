@@ -16,10 +16,15 @@ Architectures come from the fixtures' official constructor calls (tiny configs, 
 """
 
 import hashlib
+import http.server
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import timm
@@ -284,7 +289,7 @@ def test_timm_checkpoint_from_hub_cache_matches_timm(hf_cache, tmp_path):
     assert cfg["hf_hub_id"] == "timm/shvit_s1.in1k"
     put_in_hf_cache(hf_cache, cfg["hf_hub_id"], "model.safetensors", _safetensors_bytes(ref.state_dict(), tmp_path))
     ours = visionzoo.create_model("shvit_s1", pretrained=True).eval()
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
 
@@ -366,7 +371,7 @@ def _check_export(out: Path, ref: torch.nn.Module, source: str):
     card = (out / "README.md").read_text()
     assert source in card and "license: mit" in card
     reloaded = visionzoo.create_model(f"local-dir:{out}").eval()
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), ref(x), atol=1e-4, rtol=1e-4)
 
@@ -467,3 +472,81 @@ def test_timm_source_layout_converts(name):
 @pytest.mark.parametrize("name, src", _timm_sources(), ids=lambda v: getattr(v, "location", v))
 def test_every_timm_source_layout_converts(name, src):
     _assert_timm_source_converts(name, src)
+
+
+# ---- a real download: huggingface_hub against a loopback "Hub" named by HF_ENDPOINT ----------------------
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    """Answers huggingface_hub's HEAD / GET on ``/<repo>/resolve/main/<file>`` for the files in ``served``."""
+
+    served: ClassVar[dict] = {}
+    seen: ClassVar[list] = []
+
+    def _headers(self) -> bytes | None:
+        self.seen.append((self.command, self.path))
+        payload = self.served.get(self.path)
+        if payload is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "a" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(payload).hexdigest()}"')
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        return payload
+
+    def do_HEAD(self):
+        self._headers()
+
+    def do_GET(self):
+        payload = self._headers()
+        if payload is not None:
+            self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_through_hf_endpoint_into_a_fresh_cache(tmp_path):
+    """A fresh interpreter with HF_ENDPOINT / HF_HUB_CACHE set: pretrained=True downloads the transformers file
+    from the endpoint, stores it in the Hub cache layout, converts it and reproduces the fixture."""
+    _, tensors, sd, _ = _official_build("nat_a")
+    src = _pretrained_sources.source("dinat_tiny")
+    _FakeHub.served = {
+        f"/{src.location}/resolve/main/{src.filename}": _pth_bytes(_official_to_nat_transformers(sd, "dinat"), tmp_path)
+    }
+    _FakeHub.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache, out = tmp_path / "fresh-cache", tmp_path / "logits.pt"
+    script = (
+        "import torch, visionzoo, tests.test_pretrained as T\n"
+        "_, tensors, _, build = T._official_build('nat_a')\n"
+        "model = visionzoo.create_model('dinat_tiny', pretrained=True, pretrained_cfg_overlay={'num_classes': 10}, **build)\n"
+        f"torch.save(model.eval()(tensors['input'].float()).detach(), {str(out)!r})\n"
+    )
+    env = dict(
+        os.environ,
+        HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}",
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    env.pop("HF_HUB_OFFLINE", None)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=HERE.parents[1],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stderr[-3000:]
+    torch.testing.assert_close(torch.load(out), tensors["logits"], atol=1e-4, rtol=1e-4)
+    assert ("GET", f"/{src.location}/resolve/main/{src.filename}") in _FakeHub.seen
+    assert (cache / f"models--{src.location.replace('/', '--')}" / "snapshots" / ("a" * 40) / src.filename).is_file()
