@@ -10,7 +10,7 @@ from visionzoo.blocks.cswin_attn import CrossShapedWindowAttn, FocusedLinearAttn
 from visionzoo.models import flatten_cswin
 
 from ._any_size import check_train_and_eval
-from ..fixtures import assert_listing_converts, assert_matches_fixture, load_fixture, official_param_count
+from ..fixtures import assert_listing_converts, assert_matches_fixture, load_fixture
 
 LISTING = {"flatten_cswin_tiny": "flatten_cswin_t", "flatten_cswin_small": "flatten_cswin_s",
            "flatten_cswin_base": "flatten_cswin_b", "flatten_cswin_base_384": "flatten_cswin_b_384"}
@@ -42,10 +42,9 @@ def test_official_fixture_parity(backend, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(LISTING))
 def test_official_key_listing_converts(name):
-    """Every official key and shape maps strictly; the count equals official_params.json's (official name)."""
+    """Every official key and shape maps strictly, the parameter count is the listing's (official_params.json's,
+    under the official name in the registry metadata: the contract suite)."""
     assert_listing_converts(LISTING[name], name)
-    assert visionzoo.count_params(visionzoo.create_model(name, device="meta")) == official_param_count(
-        flatten_cswin.OFFICIAL_NAMES[name])
 
 
 @pytest.mark.parametrize("name,split", [("flatten_cswin_small", 7), ("flatten_cswin_base_384", 12)])

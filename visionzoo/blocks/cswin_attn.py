@@ -6,8 +6,9 @@ and the LePE-carrying focused linear attention of FLatten-CSWin.
 
 * stripes (``global_attn=False``): the first ``C / 2`` channels (``heads / 2`` heads) attend within vertical
   stripes ``H x sw`` (official branch ``idx 0``), the other half within horizontal stripes ``sw x W``
-  (``idx 1``); each is one :func:`~visionzoo.ops.neighborhood.na2d` call with ``kernel_size = stride`` the
-  stripe, so every ``na2d`` backend serves it;
+  (``idx 1``); each is :func:`stripe_attention`: one :func:`~visionzoo.ops.neighborhood.na2d` call with
+  ``kernel_size = stride`` the stripe, so every ``na2d`` backend serves it (on the ``cpu`` backend, maps that
+  are whole stripes take a batched-GEMM fast path: stripes are short sequences);
 * global (``global_attn=True``, the official last stage, or a stage whose build-time map equals its split):
   one branch, all heads, over the whole map (one ``H x W`` window);
 * LePE: a depthwise 3x3 convolution of ``v`` computed per stripe window (zero padding at every stripe border,
