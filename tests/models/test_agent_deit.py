@@ -213,3 +213,25 @@ def test_any_input_size_train_and_eval():
     are the padded patch grid. Agent-DeiT-B's softmax blocks included."""
     model = visionzoo.create_model("agent_deit_base", num_classes=5, drop_path_rate=0.1, **SMALL, agent_layer=2)
     check_train_and_eval(model, [(256, 256), (320, 320), (200, 232), (97, 131)])
+
+
+def test_simple_feature_pyramid():
+    """feature_pyramid='simple': ViTDet's strides 4 / 8 / 16 / 32 from the last group's patch map (the stride-16
+    level is that map); an official classifier checkpoint converts strictly into the pyramid model, the pyramid
+    keeping its initialisation; features_only gives those levels."""
+    meta, _, sd = load_fixture("agent_deit_a")
+    model = visionzoo.create_model("agent_deit_small", feature_pyramid="simple", num_classes=10, **SMALL).eval()
+    pyramid = {k: v.clone() for k, v in model.pyramid.state_dict().items()}
+    model.load_state_dict(agent_deit.checkpoint_filter_fn({"model": sd}, model), strict=True)
+    assert all(torch.equal(v, model.pyramid.state_dict()[k]) for k, v in pyramid.items())
+    classifier = visionzoo.from_official("agent_deit", meta["constructor_kwargs"], sd)
+    x = torch.randn(1, 3, 100, 76)
+    with torch.no_grad():
+        levels = model.forward_intermediates(x, intermediates_only=True)
+        last = classifier.forward_intermediates(x, indices=[-1], intermediates_only=True)[0]
+        torch.testing.assert_close(model(x), classifier(x))
+    assert [lv.shape[-2:] for lv in levels] == [(28, 20), (14, 10), (7, 5), (4, 3)]
+    torch.testing.assert_close(levels[2], last)
+    features = visionzoo.create_model("agent_deit_small", features_only=True, feature_pyramid="simple", **SMALL)
+    assert features.feature_info.reduction() == [4, 8, 16, 32] and features.feature_info.channels() == [12, 24, 48, 48]
+    assert [o.shape[1:] for o in features(x)] == [(12, 28, 20), (24, 14, 10), (48, 7, 5), (48, 4, 3)]

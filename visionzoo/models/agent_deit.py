@@ -22,6 +22,8 @@ at 448 therefore computes what the 448 model loaded with its weights computes.
 Model contract. The ``depth`` blocks are grouped into 4 feature levels (3 blocks each for depth 12; official
 ``blocks.{j}`` -> ``stages.{s}.blocks.{b}``), all at stride 16, as the isotropic NAT models. The taps
 (``forward_intermediates``, ``features_only``) are the patch tokens as NCHW maps, without the class token.
+``features_only=True, feature_pyramid="simple"`` gives ViTDet's simple pyramid instead (strides 4, 8, 16, 32 from
+the last group's patch map; ``out_indices`` then index those levels), as for the isotropic NAT models.
 ``forward_features`` returns the whole normalised token sequence as ``[B, C, 1, 1 + H*W]`` (timm ViT's
 ``[B, 1 + N, C]`` channels-first, class token first), which the head pools: ``global_pool='token'`` (the
 class token, official), ``'avg'`` (mean of the patch tokens) or ``''`` (none).
@@ -45,12 +47,13 @@ from ._checks import check_image_batch
 from ._hierarchical import STEMS, StemCfg
 from ._pvt_swin_convert import fit_resolution
 from ._registry import register_family
+from ._simple_pyramid import SimplePyramidMixin, pyramid_filter
 from .agent_swin import ORIGIN, PAPER, official_img_size
 from .nat_isotropic import _group
 
 torch.fx.wrap("check_image_batch")  # the shared input check, a leaf for FX tracers
 
-__all__ = ["AgentDeiTCfg", "AgentDeiT", "VARIANTS", "checkpoint_filter_fn"]
+__all__ = ["AgentDeiTCfg", "AgentDeiT", "AgentDeiTTrunk", "VARIANTS", "checkpoint_filter_fn"]
 
 #: official ``stage_num``: block ``i`` takes ``agent_num[_STAGE_OF_PAIR[i // 2]]``
 _STAGE_OF_PAIR = {0: 0, 1: 1, 2: 2, 3: 2, 4: 2, 5: 3}
@@ -170,8 +173,8 @@ class TokenHead(nn.Module):
         return self.fc(x) if self.pool_type else self.fc(x.movedim(1, -1)).movedim(-1, 1)
 
 
-class AgentDeiT(Backbone):
-    """Agent-DeiT (see the module docstring).
+class AgentDeiTTrunk(Backbone):
+    """Agent-DeiT without the detection option (see :class:`AgentDeiT`).
 
     Args:
         cfg: :class:`AgentDeiTCfg`.
@@ -288,6 +291,19 @@ class AgentDeiT(Backbone):
         return self._sequence(x), intermediates
 
 
+class AgentDeiT(SimplePyramidMixin, AgentDeiTTrunk):
+    """Agent-DeiT (see the module docstring).
+
+    Args: as :class:`AgentDeiTTrunk`, and ``feature_pyramid``: ``None`` (the feature levels are the 4 block
+        groups, all at stride 16) or ``"simple"`` (ViTDet's simple pyramid, strides 4, 8, 16, 32, from the last
+        group's patch map: :class:`~visionzoo.models._simple_pyramid.SimplePyramidMixin`).
+    """
+
+    def __init__(self, cfg: AgentDeiTCfg, *args, feature_pyramid: str | None = None, **kwargs):
+        super().__init__(cfg, *args, **kwargs)
+        self._add_pyramid(feature_pyramid, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+
+
 # ---- checkpoint conversion ----------------------------------------------------------------------
 def _official(sd: dict, target: dict, depth: int) -> dict:
     groups = _group(depth)
@@ -298,7 +314,7 @@ def _official(sd: dict, target: dict, depth: int) -> dict:
     return convert.rename(sd, rules)
 
 
-def checkpoint_filter_fn(state_dict, model):
+def _filter(state_dict, model):
     """visionzoo or official (``VisionTransformer`` of ``agent_deit.py``, bare or ``{"model": ...}``) keys ->
     visionzoo keys (``blocks.{j}`` -> ``stages.{s}.blocks.{b}``, ``patch_embed`` -> ``stem``); a checkpoint of
     another ``img_size`` has ``pos_embed`` resized bicubically (class token kept) and the agent biases linearly,
@@ -313,6 +329,9 @@ def checkpoint_filter_fn(state_dict, model):
             sd["pos_embed"] = resample_abs_pos_embed(pos, [new, new], [old, old], num_prefix_tokens=1,
                                                      antialias=False)
     return sd
+
+
+checkpoint_filter_fn = pyramid_filter(_filter)
 
 
 def _side(n: int) -> int:

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-from timm.models._features import feature_take_indices
-
 from .. import convert
 from ._hierarchical import HierarchicalNet, MixerCfg, StemCfg
 from ._registry import register_family
-from ._simple_pyramid import SCALES, SimplePyramid
+from ._simple_pyramid import SimplePyramidMixin, pyramid_filter
 from .nat import (DINAT_PAPER, NATCfg, checkpoint_filter_fn, nat_pretrained_cfg, official_model_kwargs, tiny)
 
 __all__ = ["IsotropicNet", "VARIANTS", "isotropic_cfg"]
@@ -51,61 +48,21 @@ def isotropic_cfg(embed_dim: int, num_heads: int, depth: int = 12, kernel_size: 
     return NATCfg(**{**fields, **kw})
 
 
-class IsotropicNet(HierarchicalNet):
+class IsotropicNet(SimplePyramidMixin, HierarchicalNet):
     """:class:`HierarchicalNet` with an optional ViTDet simple pyramid over the last layer's map.
 
     Args:
         feature_pyramid: ``None`` (feature levels are the 4 layer groups, all at stride 16) or ``"simple"``
             (``feature_info`` and ``forward_intermediates`` give the pyramid's strides 4, 8, 16, 32; the
-            classifier path is unchanged and does not use the pyramid).
+            classifier path is unchanged and does not use the pyramid; :class:`SimplePyramidMixin`).
     """
 
     def __init__(self, cfg, *args, feature_pyramid: str | None = None, **kwargs):
         super().__init__(cfg, *args, **kwargs)
-        if feature_pyramid not in (None, "simple"):
-            raise ValueError(f"feature_pyramid must be None or 'simple', got {feature_pyramid!r}")
-        self.pyramid = None
-        if feature_pyramid == "simple":
-            dim, stride = self.feature_info[-1]["num_chs"], self.feature_info[-1]["reduction"]
-            self.pyramid = SimplePyramid(dim, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
-            self.feature_info = [dict(num_chs=c, reduction=int(stride / s), module=f"pyramid.levels.{i}", index=i,
-                                      stage=len(self.stages) - 1) for i, (c, s) in enumerate(zip(self.pyramid.channels,
-                                                                                                  SCALES))]
-
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False):
-        if self.pyramid is None:
-            return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
-        take, _ = feature_take_indices(len(SCALES), indices)
-        final, (last,) = super().forward_intermediates(x, [len(self.stages) - 1], norm, False, output_fmt)
-        levels = self.pyramid(last, take)
-        return levels if intermediates_only else (final, levels)
-
-    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        if self.pyramid is None:
-            return super().prune_intermediate_layers(indices, prune_norm, prune_head)
-        take, _ = feature_take_indices(len(SCALES), indices)
-        info = self.feature_info
-        super().prune_intermediate_layers(len(self.stages) - 1, prune_norm, prune_head)  # every level needs all layers
-        self.feature_info, self.num_features = info, info[-1]["num_chs"]
-        self.pyramid.drop_levels(take)
-        return take
+        self._add_pyramid(feature_pyramid, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
 
 
-def _filter_fn(state_dict, model):
-    """The NAT converter; a classifier checkpoint (no ``pyramid.*`` keys) leaves the simple pyramid as
-    initialised (ViTDet's pyramid is new in detection too) instead of failing on its missing keys."""
-    pyramid = getattr(model, "pyramid", None)
-    state_dict = convert.unwrap_state_dict(state_dict)
-    if pyramid is None or any(k.startswith("pyramid.") for k in state_dict):
-        return checkpoint_filter_fn(state_dict, model)
-    model.pyramid = None  # convert against the trunk's keys
-    try:
-        out = checkpoint_filter_fn(state_dict, model)
-    finally:
-        model.pyramid = pyramid
-    return {**out, **{f"pyramid.{k}": v for k, v in pyramid.state_dict().items()}}
+_filter_fn = pyramid_filter(checkpoint_filter_fn)
 
 
 def _official(kw: dict):
