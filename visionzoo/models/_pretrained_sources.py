@@ -69,7 +69,7 @@ _VAN_HUB = (
     "Hub file listing (stored huggingface.co pages): pytorch_model.bin, VanForImageClassification, "
     "license apache-2.0; linked from Visual-Attention-Network/VAN-Classification README @ e19779b (top-1)"
 )
-_TIMM = "installed timm 1.0.31 default_cfgs (location, data config, license); top-1 not recorded by timm's package"
+_TIMM = "installed timm 1.0.31 default_cfgs (location, data config, license)"
 
 
 def _hub(tag, repo, layout, top1, lic, evidence, filename="pytorch_model.bin", **data):
@@ -84,8 +84,12 @@ def _cloud(tag, link, top1, lic, evidence, **data):
     return Source(tag, "cloud", link, "official", "", top1, lic, data, evidence)
 
 
-def _timm(tag, timm_tag, top1=None):
-    return Source(tag, "timm", timm_tag, "timm", "", top1, "", {}, _TIMM)
+def _timm(tag, timm_tag, top1=None, note=""):
+    return Source(tag, "timm", timm_tag, "timm", "", top1, "", {}, _TIMM + (f"; {note}" if note else ""))
+
+
+_MAXVIT = "top-1 of the TensorFlow release timm ported, google-research/maxvit README (ImageNet-1k)"
+_SENET = "top-1 of the original Caffe release (SENet README); the PyTorch port's own number is unconfirmed"
 
 
 def _nat_hub(size, top1, cls="NatForImageClassification"):
@@ -214,19 +218,25 @@ SOURCES: dict[str, tuple[Source, ...]] = {
         for i, top1 in ((1, 72.8), (2, 75.2), (3, 77.4), (4, 79.4))
     },
     # MaxViT: timm's ports of the TensorFlow release
-    "maxvit_tiny": (_timm("in1k", "maxvit_tiny_tf_224.in1k"),),
-    "maxvit_tiny_384": (_timm("in1k", "maxvit_tiny_tf_384.in1k"),),
-    "maxvit_tiny_512": (_timm("in1k", "maxvit_tiny_tf_512.in1k"),),
-    "maxvit_small": (_timm("in1k", "maxvit_small_tf_224.in1k"),),
-    "maxvit_small_384": (_timm("in1k", "maxvit_small_tf_384.in1k"),),
-    "maxvit_base": (_timm("in1k", "maxvit_base_tf_224.in1k"), _timm("in21k", "maxvit_base_tf_224.in21k")),
+    "maxvit_tiny": (_timm("in1k", "maxvit_tiny_tf_224.in1k", 83.62, _MAXVIT),),
+    "maxvit_tiny_384": (_timm("in1k", "maxvit_tiny_tf_384.in1k", 85.24, _MAXVIT),),
+    "maxvit_tiny_512": (_timm("in1k", "maxvit_tiny_tf_512.in1k", 85.72, _MAXVIT),),
+    "maxvit_small": (_timm("in1k", "maxvit_small_tf_224.in1k", 84.45, _MAXVIT),),
+    "maxvit_small_384": (_timm("in1k", "maxvit_small_tf_384.in1k", 85.74, _MAXVIT),),
+    "maxvit_base": (
+        _timm("in1k", "maxvit_base_tf_224.in1k", 84.95, _MAXVIT),
+        _timm("in21k", "maxvit_base_tf_224.in21k"),
+    ),
     "maxvit_base_384": (
-        _timm("in1k", "maxvit_base_tf_384.in1k"),
+        _timm("in1k", "maxvit_base_tf_384.in1k", 86.34, _MAXVIT),
         _timm("in21k_ft_in1k", "maxvit_base_tf_384.in21k_ft_in1k"),
     ),
-    "maxvit_large": (_timm("in1k", "maxvit_large_tf_224.in1k"), _timm("in21k", "maxvit_large_tf_224.in21k")),
+    "maxvit_large": (
+        _timm("in1k", "maxvit_large_tf_224.in1k", 85.17, _MAXVIT),
+        _timm("in21k", "maxvit_large_tf_224.in21k"),
+    ),
     "maxvit_large_384": (
-        _timm("in1k", "maxvit_large_tf_384.in1k"),
+        _timm("in1k", "maxvit_large_tf_384.in1k", 86.4, _MAXVIT),
         _timm("in21k_ft_in1k", "maxvit_large_tf_384.in21k_ft_in1k"),
     ),
     "maxvit_xlarge": (_timm("in21k", "maxvit_xlarge_tf_224.in21k"),),
@@ -238,8 +248,14 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     "eca_halonext26ts": (_timm("c1_in1k", "eca_halonext26ts.c1_in1k"),),
     # SE-ResNet(X): Cadene's / timm's ports of the SENet release, as timm's legacy_* tags
     **{
-        n: (_timm("in1k", f"legacy_{n.replace('se_', 'se')}.in1k"),)
-        for n in ("se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d", "se_resnext101_32x4d")
+        n: (_timm("in1k", f"legacy_{n.replace('se_', 'se')}.in1k", top1, _SENET),)
+        for n, top1 in (
+            ("se_resnet50", 77.63),
+            ("se_resnet101", 78.25),
+            ("se_resnet152", 78.66),
+            ("se_resnext50_32x4d", 79.03),
+            ("se_resnext101_32x4d", 80.19),
+        )
     },
     # ECA-Net / CBAM: cloud shares only
     **{
@@ -421,14 +437,14 @@ def card_weights(name: str) -> tuple[str, str]:
     sources = SOURCES.get(name, ())
     if any(s.kind != "cloud" for s in sources):
         tags = ", ".join(f"`{name}.{s.tag}`" for s in sources if s.kind != "cloud")
-        return (
+        sentence = (
             f"Released weights ({pretrained_summary(name)}) are downloaded and converted by "
-            f"`visionzoo.create_model('{name}', pretrained=True)` (tags: {tags}).",
-            f"model = visionzoo.create_model('{name}', pretrained=True).eval()",
+            f"`visionzoo.create_model('{name}', pretrained=True)` (tags: {tags})."
         )
+        return sentence, f"model = visionzoo.create_model('{name}', pretrained=True).eval()"
     where = f" from {sources[0].location}" if sources else ""
-    return (
+    sentence = (
         f"Weights are not hosted here: download the official checkpoint{where} and load it with "
-        f"`visionzoo.create_model('{name}', checkpoint_path=...)`.",
-        f"model = visionzoo.create_model('{name}', checkpoint_path='official_checkpoint.pth').eval()",
+        f"`visionzoo.create_model('{name}', checkpoint_path=...)`."
     )
+    return sentence, f"model = visionzoo.create_model('{name}', checkpoint_path='official_checkpoint.pth').eval()"
