@@ -16,6 +16,7 @@ import contextlib
 import pytest
 import torch
 from torch.export import Dim
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from visionzoo.ops import _custom_op, use_backend
 
@@ -79,6 +80,36 @@ def test_run_decompositions_gives_plain_aten(name):
     assert not any(t.startswith("visionzoo.") for t in ops), ops
     _, model, second = _setup(name, 1)
     torch.testing.assert_close(ep.module()(*second), model(*second), atol=1e-5, rtol=1e-5)
+
+
+class _Record(TorchDispatchMode):
+    """Records the visionzoo custom-op calls (and their arguments) of whatever runs inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "visionzoo":
+            self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", OPAQUE)
+def test_custom_op_opcheck(name):
+    """torch.library.opcheck on the op as the exported program calls it: schema, fake kernel, autograd
+    registration."""
+    ep = _export(name, strict=False)
+    _, _, inputs = _setup(name)
+    with _Record() as rec:
+        ep.module()(*inputs)
+    assert rec.calls
+    for func, args in rec.calls:
+        args = tuple(
+            a.detach().requires_grad_(a.is_floating_point()) if isinstance(a, torch.Tensor) else a for a in args
+        )
+        # test_aot_dispatch_dynamic is what the torch.compile tests below do, at two shapes
+        torch.library.opcheck(func, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def _onnx(name: str, tmp_path) -> float:
