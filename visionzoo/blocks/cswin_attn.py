@@ -182,14 +182,14 @@ class CrossShapedWindowAttn(nn.Module):
         B, H, W, C3 = qkv.shape
         C = C3 // 3
         c, heads, d = C // self.branches, self.num_heads // self.branches, self.head_dim
-        qkv = qkv.reshape(B, H, W, 3, C)
+        # unbind, not slices: their backward stacks the gradients instead of zero-filling a qkv-sized tensor each
+        q, k, v = qkv.reshape(B, H, W, 3, C).unbind(3)
+        branches = [t.reshape(B, H, W, self.branches, heads, d).unbind(3) for t in (q, k, v)]
         windows = self.windows(H, W)
         out = qkv.new_empty(B, H, W, C)
         for i, window in enumerate(windows):
-            part = slice(i * c, (i + 1) * c)
-            q, k, v = qkv[..., part].reshape(B, H, W, 3, heads, d).unbind(3)
-            stripe_attention(q, k, v, window, self.scale, self.backend, out=out[..., part].view(B, H, W, heads, d))
-        v = qkv[:, :, :, 2]
+            stripe_attention(*(t[i] for t in branches), window, self.scale, self.backend,
+                             out=out[..., i * c:(i + 1) * c].view(B, H, W, heads, d))
         mask = _lepe_kernel_mask(windows, H, W, c)
         if mask is not None:  # one conv for every branch
             w = self.lepe.weight * mask.to(self.lepe.weight)
