@@ -335,7 +335,7 @@ def test_every_source_is_a_registered_model_with_its_tags_in_timm():
     pretrained = set(timm.list_pretrained("vz_*"))
     for name, sources in _pretrained_sources.SOURCES.items():
         assert name in MODELS, name
-        assert MODELS[name].tags == tuple(s.tag for s in sources)
+        assert MODELS[name].tags[-len(sources) :] == tuple(s.tag for s in sources)
         for s in sources:
             downloadable = s.kind != "cloud"
             assert (f"vz_{name}.{s.tag}" in pretrained) == downloadable, (name, s.tag)
@@ -550,3 +550,12 @@ def test_download_through_hf_endpoint_into_a_fresh_cache(tmp_path):
     torch.testing.assert_close(torch.load(out), tensors["logits"], atol=1e-4, rtol=1e-4)
     assert ("GET", f"/{src.location}/resolve/main/{src.filename}") in _FakeHub.seen
     assert (cache / f"models--{src.location.replace('/', '--')}" / "snapshots" / ("a" * 40) / src.filename).is_file()
+
+
+def test_default_tag_keeps_the_family_head_when_only_other_class_counts_are_released():
+    """maxvit_xlarge has only ImageNet-21k weights: create_model keeps 1000 classes, the 21k head is a tag."""
+    assert MODELS["maxvit_xlarge"].tags == ("in1k", "in21k")
+    assert visionzoo.create_model("maxvit_xlarge", device="meta").num_classes == 1000
+    assert visionzoo.create_model("maxvit_xlarge.in21k", device="meta").num_classes == 21843
+    with pytest.raises(RuntimeError, match=r"create_model\('maxvit_xlarge.in21k', pretrained=True\)"):
+        visionzoo.create_model("maxvit_xlarge", pretrained=True, device="meta")

@@ -372,17 +372,22 @@ def _cfg(base: dict, family: str, src: Source) -> dict:
 
 def tag_cfgs(name: str, family: str, base: dict, default_tag: str) -> dict[str, dict]:
     """timm pretrained cfgs of registered model ``name`` by tag, the default tag first. A model with no
-    released weights keeps the family's single tag and cfg."""
-    sources = SOURCES.get(name)
-    if not sources:
-        return {default_tag: base}
-    return {s.tag: _cfg(base, family, s) for s in sources}
+    released weights keeps the family's single tag and cfg; so does the default when no released
+    checkpoint has the family's class count (``maxvit_xlarge``: ImageNet-21k only), so that
+    ``create_model(name)`` keeps its 1000-class head and ``name.in21k`` is asked for by tag."""
+    cfgs = {s.tag: _cfg(base, family, s) for s in SOURCES.get(name, ())}
+    if all(c["num_classes"] != base["num_classes"] for c in cfgs.values()):
+        cfgs = {default_tag: base, **cfgs}
+    return cfgs
 
 
 def source(name: str, tag: str | None = None) -> Source | None:
-    """The recorded source of ``name.tag`` (default tag when ``tag`` is None), or None."""
-    sources = SOURCES.get(name, ())
-    return next((s for s in sources if tag is None or s.tag == tag), None)
+    """The recorded source of ``name.tag`` (the registered default tag when ``tag`` is None), or None."""
+    if tag is None:
+        from ._registry import MODELS
+
+        tag = MODELS[name].tag if name in MODELS else None
+    return next((s for s in SOURCES.get(name, ()) if tag is None or s.tag == tag), None)
 
 
 def unavailable_message(name: str, tag: str | None = None) -> str | None:
@@ -390,8 +395,12 @@ def unavailable_message(name: str, tag: str | None = None) -> str | None:
     src = source(name, tag)
     call = f"create_model({name!r}, checkpoint_path='downloaded_file.pth')"
     if src is None:
+        others = [
+            f"create_model('{name}.{s.tag}', pretrained=True)" for s in SOURCES.get(name, ()) if s.kind != "cloud"
+        ]
+        also = f" Released weights of other tags: {', '.join(others)}." if others else ""
         return (
-            f"no released weights are known for {name!r}{f' tag {tag!r}' if tag else ''}. Load weights with "
+            f"no released weights are known for {name!r}{f' tag {tag!r}' if tag else ''}.{also} Load weights with "
             f"{call}, create_model('local-dir:/path/to/export'), or create_model('hf-hub:org/repo')."
         )
     if src.kind == "cloud":

@@ -128,11 +128,15 @@ def register_family(module: str, family: str, model_cls: type, variants: dict[st
     filter_fn = _hf_layout.accepting_transformers_layout(family, filter_fn)
     FAMILIES[family] = FamilyEntry(family, module, model_cls, filter_fn, dict(official or {}), paper, tiny,
                                    dict(aliases or {}))
-    # released weights: one tag per source recorded in _pretrained_sources (first = default), else the family tag
+    # released weights: one tag per source recorded in _pretrained_sources, else the family tag
     by_tag = {n: _pretrained_sources.tag_cfgs(n, family, pretrained_cfgs[n], tag) for n in variants}
     mod = sys.modules[module]
     mod.default_cfgs = generate_default_cfgs(
         {f"{PREFIX}{n}.{t}": dict(c, architecture=PREFIX + n) for n in variants for t, c in by_tag[n].items()})
+    for n in variants:  # our first tag is the default even without weights (timm would pick the first with weights)
+        order = mod.default_cfgs[PREFIX + n].tags
+        order.remove(first := next(iter(by_tag[n])))
+        order.appendleft(first)
     for n, cfg in variants.items():
         if n in MODELS:
             raise ValueError(f"model name {n!r} registered twice ({MODELS[n].family} and {family})")
