@@ -52,7 +52,10 @@ CASES = [(name, kind) for name in MODELS for kind in ("faster", "mask", "retinan
 def test_train_step_and_eval(name, kind):
     retina = kind == "retinanet"
     backbone = _backbone(
-        name, trainable_stages=2, out_indices=(1, 2, 3) if retina else None, extra_blocks="p6p7" if retina else "pool"
+        name,
+        trainable_stages=2,
+        strides=(8, 16, 32) if retina else (4, 8, 16, 32),
+        extra_blocks="p6p7" if retina else "pool",
     )
     assert backbone.strides == ([8, 16, 32, 64, 128] if retina else [4, 8, 16, 32, 64])
     model = _detector(kind, backbone).train()
@@ -97,7 +100,7 @@ def test_frozen_bn_and_options():
 
 def test_frozen_bn_keeps_statistics():
     name = "eca_resnet18"
-    plain = visionzoo.create_model(name, features_only=True, **tiny_overrides(name)).eval()
+    plain = visionzoo.create_model(name, features_only=True, out_indices=(1, 2, 3, 4), **tiny_overrides(name)).eval()
     for m in plain.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             torch.nn.init.uniform_(m.running_var, 0.5, 2.0)

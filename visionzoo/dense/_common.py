@@ -8,8 +8,9 @@ from __future__ import annotations
 from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct
 from torch import nn
 
+from .. import convert
 from .._factory import create_model
-from ..models._registry import MODELS
+from ..models._registry import FAMILIES, MODELS
 
 __all__ = ["DEFAULT_STRIDES", "create_features", "default_out_indices", "freeze_stages", "frozen_bn", "is_isotropic"]
 
@@ -35,17 +36,24 @@ def default_out_indices(feature_info, strides=DEFAULT_STRIDES) -> tuple[int, ...
     return picked
 
 
+def _with_pyramid(name: str, kwargs: dict) -> dict:
+    return {"feature_pyramid": "simple", **kwargs} if is_isotropic(name) else kwargs
+
+
+def level_indices(name: str, strides=DEFAULT_STRIDES, **kwargs) -> tuple[int, ...]:
+    """Indices of ``name``'s feature levels at ``strides`` (:func:`default_out_indices` of the model)."""
+    return default_out_indices(create_model(name, device="meta", **_with_pyramid(name, kwargs)).feature_info, strides)
+
+
 def create_features(name: str, out_indices=None, checkpoint_path=None, strides=DEFAULT_STRIDES, **kwargs):
     """``create_model(name, features_only=True, ...)`` with the levels at ``strides`` by default.
 
     The isotropic families get the ViTDet simple pyramid (``feature_pyramid="simple"``) unless
     ``feature_pyramid=`` is given. ``kwargs`` go to the model (architecture overrides, ``drop_path_rate``...).
     """
-    if is_isotropic(name):
-        kwargs.setdefault("feature_pyramid", "simple")
     if out_indices is None:
-        info = create_model(name, device="meta", **kwargs).feature_info
-        out_indices = default_out_indices(info, strides)
+        out_indices = level_indices(name, strides, **kwargs)
+    kwargs = _with_pyramid(name, kwargs)
     return create_model(name, features_only=True, out_indices=out_indices, checkpoint_path=checkpoint_path, **kwargs)
 
 
@@ -91,3 +99,21 @@ def freeze_stages(features: nn.Module, frozen: int) -> list[str]:
         for p in trunk.get_submodule(prefix).parameters():
             p.requires_grad_(False)
     return names
+
+
+def load_trunk_weights(features: nn.Module, name: str, state_dict: dict, **model_kwargs) -> None:
+    """Load a classifier checkpoint (visionzoo, official or timm layout) into a feature model's trunk, strictly:
+    the family converter must match the whole classifier (else ``CheckpointError`` names what is missing), and
+    every trunk tensor must come from it (the head and pruned layers are dropped). Parameters the classifier
+    has no counterpart for (the isotropic simple pyramid) keep their initialisation."""
+    plain = name.split(".")[0].removeprefix("vz_")
+    if plain not in MODELS:
+        raise ValueError(f"unknown visionzoo model {name!r}")
+    full = create_model(plain, device="meta", **_with_pyramid(plain, model_kwargs))
+    converted = FAMILIES[MODELS[plain].family].filter_fn(convert.unwrap_state_dict(state_dict), full)
+    trunk = _trunk(features)
+    own = trunk.state_dict()
+    missing = [k for k in own if k not in converted]
+    if missing:
+        raise convert.CheckpointError(f"checkpoint lacks {len(missing)} trunk tensors of {name} (e.g. {missing[:3]})")
+    trunk.load_state_dict({k: own[k] if converted[k].is_meta else converted[k] for k in own}, strict=True)

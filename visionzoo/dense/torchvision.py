@@ -23,7 +23,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ._common import create_features, freeze_stages, frozen_bn
+from ._common import DEFAULT_STRIDES, create_features, freeze_stages, frozen_bn
 
 __all__ = ["VisionzooFPN", "anchors_and_roi_align", "backbone_with_fpn"]
 
@@ -70,6 +70,7 @@ def backbone_with_fpn(
     extra_blocks="pool",
     trainable_stages: int | None = None,
     norm_layer=FrozenBatchNorm2d,
+    strides=DEFAULT_STRIDES,
     checkpoint_path: str | os.PathLike | None = None,
     **model_kwargs,
 ) -> VisionzooFPN:
@@ -77,11 +78,12 @@ def backbone_with_fpn(
 
     Args:
         name: a registered visionzoo model (``"eca_resnet50"``, ``"dinat_tiny"``...).
-        out_indices: feature levels into the FPN; ``None`` takes the levels at strides 4, 8, 16, 32 (for the
-            isotropic families the simple feature pyramid's four levels, see ``feature_pyramid``).
+        out_indices: feature levels into the FPN; ``None`` takes the levels at ``strides``.
+        strides: the levels wanted when ``out_indices`` is None: 4, 8, 16, 32 (Faster / Mask R-CNN), or 8, 16, 32
+            for RetinaNet / FCOS (for the isotropic families: levels of the simple feature pyramid).
         out_channels: FPN width (``.out_channels`` of the result).
-        extra_blocks: ``"pool"`` (Faster/Mask R-CNN: max-pooled P6), ``"p6p7"`` (RetinaNet / FCOS: pass the
-            stride 8-32 levels as ``out_indices``), ``None`` or a torchvision ``ExtraFPNBlock``.
+        extra_blocks: ``"pool"`` (Faster/Mask R-CNN: max-pooled P6), ``"p6p7"`` (RetinaNet / FCOS, with
+            ``strides=(8, 16, 32)``), ``None`` or a torchvision ``ExtraFPNBlock``.
         trainable_stages: ``None`` trains every parameter; ``k`` trains only the last ``k`` stages (the stem
             and the earlier stages get no gradient; the FPN always trains).
         norm_layer: class replacing every ``BatchNorm2d`` (torchvision's ``FrozenBatchNorm2d`` by default, as
@@ -89,7 +91,7 @@ def backbone_with_fpn(
         checkpoint_path: classifier weights (visionzoo, official or timm layout) loaded into the trunk.
         model_kwargs: model arguments (``drop_path_rate``, architecture overrides, ``feature_pyramid``...).
     """
-    body = create_features(name, out_indices, checkpoint_path, **model_kwargs)
+    body = create_features(name, out_indices, checkpoint_path, strides, **model_kwargs)
     if norm_layer is not None:
         body = frozen_bn(body, norm_layer)
     if trainable_stages is not None:
@@ -99,9 +101,9 @@ def backbone_with_fpn(
         freeze_stages(body, n + 1 - trainable_stages)
     extra = _extra_block(extra_blocks, out_channels)
     fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=extra)
-    strides = body.feature_info.reduction()
-    strides = strides + [strides[-1] * 2 ** (i + 1) for i in range(len(_extra_names(extra)))]
-    return VisionzooFPN(body, fpn, out_channels, strides)
+    levels = body.feature_info.reduction()
+    levels += [levels[-1] * 2 ** (i + 1) for i in range(len(_extra_names(extra)))]
+    return VisionzooFPN(body, fpn, out_channels, levels)
 
 
 def anchors_and_roi_align(
