@@ -77,6 +77,8 @@ def test_from_official_arguments():
         visionzoo.from_official("agent_cswin", {k: v for k, v in kw.items() if k != "la_split_size"})
     with pytest.raises(ValueError, match="attn_type"):
         visionzoo.from_official("agent_cswin", {**kw, "attn_type": "AAMB"})
+    with pytest.raises(NotImplementedError, match="drop_rate"):  # the official blocks never apply proj_drop
+        visionzoo.from_official("agent_cswin", {**kw, "drop_rate": 0.1})
     with pytest.raises(NotImplementedError, match="hybrid_backbone"):
         visionzoo.from_official("agent_cswin", {**kw, "hybrid_backbone": "resnet"})
     with pytest.raises(TypeError, match="window_size"):

@@ -168,13 +168,15 @@ def official_overrides(family: str, kw: dict, extra: set[str]) -> tuple[dict, di
     embed_dim=96, depth=[2, 2, 6, 2], split_size=[1, 2, 7, 7], la_split_size='1-2-7-7', num_heads=[2, 4, 8, 16],
     mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0.,
     hybrid_backbone=None, norm_layer=nn.LayerNorm, use_chk=False, ...)`` call shares -> (the checked arguments,
-    cfg overrides, model kwargs); ``extra``: the family's own argument names, kept in the checked arguments. The stem is 4x4-strided
-    whatever ``patch_size`` says (the official code ignores it)."""
+    cfg overrides, model kwargs); ``extra``: the family's own argument names, kept in the checked arguments.
+    The stem is 4x4-strided whatever ``patch_size`` says (the official code ignores it). Only ``drop_rate=0`` (every
+    released configuration) is implemented: the official block never applies its ``proj_drop`` and has no dropout
+    after the stem, where visionzoo's ``proj_drop_rate`` drops."""
     kw = convert.check_official_kwargs(family, kw, {
         "img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "split_size", "la_split_size",
         "num_heads", "mlp_ratio", "qkv_bias", "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate",
         "hybrid_backbone", "norm_layer", "use_chk", "attn_type"} | extra,
-        supported=dict(hybrid_backbone=None), layernorm_eps=1e-5)
+        supported=dict(hybrid_backbone=None, drop_rate=0.0), layernorm_eps=1e-5)
     la = str(kw.get("la_split_size", "1-2-7-7")).split("-")
     overrides = dict(depths=tuple(kw.get("depth", (2, 2, 6, 2))), embed_dim=int(kw.get("embed_dim", 96)),
                      num_heads=tuple(kw.get("num_heads", (2, 4, 8, 16))),
@@ -182,6 +184,5 @@ def official_overrides(family: str, kw: dict, extra: set[str]) -> tuple[dict, di
                      img_size=int(kw.get("img_size", 224)), mlp_ratio=float(kw.get("mlp_ratio", 4.0)),
                      qkv_bias=bool(kw.get("qkv_bias", True)), qk_scale=kw.get("qk_scale"))
     model_kwargs = dict(num_classes=kw.get("num_classes", 1000), in_chans=kw.get("in_chans", 3),
-                        drop_path_rate=kw.get("drop_path_rate", 0.0), proj_drop_rate=kw.get("drop_rate", 0.0),
-                        attn_drop_rate=kw.get("attn_drop_rate", 0.0))
+                        drop_path_rate=kw.get("drop_path_rate", 0.0), attn_drop_rate=kw.get("attn_drop_rate", 0.0))
     return kw, overrides, model_kwargs
