@@ -21,10 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-from harness import machine_info, markdown_table, model_call, time_variants, write_json  # noqa: E402
-
-import visionzoo  # noqa: E402
+from bench_agent import forward_vs_anchors  # noqa: E402
+from harness import machine_info, markdown_table, write_json  # noqa: E402
 
 #: (ours, timm anchor, timm kwargs, input size, target speed-up)
 FORWARD = [
@@ -34,8 +32,6 @@ FORWARD = [
 
 
 def main(argv=None) -> int:
-    import timm
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=8)
@@ -45,21 +41,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    rows = []
-    for ours, anchor, anchor_kwargs, size, target in FORWARD:
-        torch.manual_seed(0)
-        calls = {ours: model_call(lambda n=ours: visionzoo.create_model(n), args.batch, size),
-                 anchor: model_call(lambda: timm.create_model(anchor, **anchor_kwargs), args.batch, size)}
-        t = time_variants(calls, rounds=args.rounds, warmup=args.warmup)
-        ips = {k: args.batch / v.median_ms * 1e3 for k, v in t.items() if k != "gemm"}
-        speedup = ips[ours] / ips[anchor]
-        rows.append(dict(model=ours, anchor=anchor, img=size, B=args.batch, img_s=ips[ours], anchor_img_s=ips[anchor],
-                         speedup=speedup, speedup_of_min=t[anchor].min_ms / t[ours].min_ms, target=target,
-                         met="yes" if speedup >= target else "NO",
-                         gemm_gflops=harness.gemm_gflops(t),
-                         quiet=min(f"{v.quiet_rounds}/{v.rounds}" for v in t.values())))
-        print(markdown_table(rows[-1:], list(rows[-1])).splitlines()[-1], file=sys.stderr)
-
+    rows = forward_vs_anchors(FORWARD, args)
     print("forward (eval, inference mode) vs the timm anchor\n")
     print(markdown_table(rows, list(rows[0])))
     name = f"agent_deit_threads{args.threads}" if args.threads else "agent_deit"
