@@ -242,7 +242,8 @@ def _pretrained_cfg(name: str) -> dict:
     return pretrained_cfg(paper=("SHViT: Single-Head Vision Transformer with Memory Efficient Macro Design",
                                  "arXiv:2401.16456"), origin_url="https://github.com/ysj9909/SHViT",
                           first_conv="stem.0.c", load="an official or timm checkpoint",
-                          size=256 if name == "shvit_s4" else 224, reduction=64, license="mit")
+                          size=(size := 256 if name == "shvit_s4" else 224), reduction=64, license="mit",
+                          pool_size=(-(-size // 64),) * 2)  # every stride-2 conv rounds up: 224 -> 4 x 4
 
 
 register_family(
