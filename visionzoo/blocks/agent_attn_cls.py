@@ -11,7 +11,8 @@
 
 The patch biases (``an/na/ah/aw/ha/wa_bias``) are :class:`AgentAttn`'s: built for ``map_size`` and
 interpolated to any ``H x W`` (see its docstring); the cached biases include the class-token entries.
-At the build-time square map the result is the official one.
+At the build-time square map the result is the official one. At inference (eval, autograd off, fp32 CPU)
+``qkv`` and ``proj`` run as oneDNN GEMMs (:func:`~visionzoo.blocks.fused_eval.linear`).
 """
 from __future__ import annotations
 
