@@ -197,3 +197,19 @@ def test_cpu_fast_path_only_on_whole_windows(monkeypatch):
     calls.clear()
     m(torch.randn(1, 14, 14, 32))
     assert calls == []
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 7 * 14 * 7 * 14 * 4, 1 << 30])
+def test_cpu_inference_chunks_equal_the_autograd_path(monkeypatch, chunk_bytes):
+    """Inference attends the windows chunk by chunk (one window per chunk, chunks not dividing the windows, one
+    chunk): the result equals the autograd path's."""
+    from visionzoo.blocks import cswin_attn
+
+    monkeypatch.setattr(cswin_attn, "CHUNK_BYTES", chunk_bytes)
+    m = _module(7, dtype=torch.float32)
+    m.backend = "cpu"
+    x = torch.randn(2, 14, 14, 32)
+    want = m(x)
+    assert want.requires_grad
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x), want.detach(), atol=1e-6, rtol=1e-5)

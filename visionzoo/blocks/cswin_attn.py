@@ -74,12 +74,17 @@ def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 #: the longest window the cpu fast path takes (its ``[windows, heads, L, L]`` scores are materialised)
 FAST_MAX_TOKENS = 1024
+#: inference attends the windows in chunks of about this many bytes of scores: fresh multi-MiB score tensors per
+#: call cost page faults that the chunks' two reused buffers do not (stage 1 of CSWin-T: 1.41x -> 1.82x the plain
+#: formulation in one same-run measurement, ``benchmarks/bench_cswin.py``)
+CHUNK_BYTES = 1 << 18
 
 
 def _window_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int], scale: float,
                  out: torch.Tensor) -> None:
     """Softmax attention inside every ``window`` of ``[B, H, W, heads, D]`` maps that are whole windows, as
-    batched GEMMs around one softmax, written into ``out`` (``[B, H, W, heads, D]``, any strides)."""
+    batched GEMMs around one softmax (in inference: per chunk of windows), written into ``out``
+    (``[B, H, W, heads, D]``, any strides)."""
     B, H, W, heads, d = q.shape
     (wh, ww), dv = window, v.shape[-1]
     nh, nw = H // wh, W // ww
@@ -87,8 +92,20 @@ def _window_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tupl
     def part(t):  # [B * nh * nw * heads, wh * ww, D], contiguous: bmm on strided views runs ~5x slower on CPU
         t = t.reshape(B, nh, wh, nw, ww, heads, -1).permute(0, 1, 3, 5, 2, 4, 6)
         return t.reshape(-1, wh * ww, t.shape[-1]).contiguous()
-    attn = torch.bmm(part(q), part(k).transpose(1, 2)).mul_(scale).softmax(-1)
-    res = torch.bmm(attn, part(v))
+    qw, kw, vw = part(q), part(k), part(v)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        res = torch.bmm(torch.bmm(qw, kw.transpose(1, 2)).mul_(scale).softmax(-1), vw)
+    else:  # inference: windows in chunks of ~CHUNK_BYTES of scores, into two buffers allocated once
+        res = torch.empty_like(vw)
+        n, L = qw.shape[:2]
+        step = min(n, max(1, CHUNK_BYTES // (L * L * qw.element_size())))
+        scores, probs = qw.new_empty(step, L, L), qw.new_empty(step, L, L)
+        for i in range(0, n, step):
+            j = min(n, i + step)
+            sc, pr = scores[:j - i], probs[:j - i]
+            torch.bmm(qw[i:j], kw[i:j].transpose(1, 2), out=sc).mul_(scale)
+            torch.ops.aten._softmax.out(sc, -1, False, out=pr)
+            torch.bmm(pr, vw[i:j], out=res[i:j])
     out.view(B, nh, wh, nw, ww, heads, dv).copy_(res.view(B, nh, nw, heads, wh, ww, dv).permute(0, 1, 4, 2, 5, 3, 6))
 
 
