@@ -233,14 +233,17 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     assert int(read_summary(tmp_path / "c")[0]["train_skipped_samples"]) <= 1
 
 
-def test_training_on_unreadable_data_stops_before_any_checkpoint(tmp_path):
+@pytest.mark.parametrize("split, message", [("train", "16 of 16 training samples were skipped"),
+                                            ("validation", "none of the 8 validation samples could be read")])
+def test_unreadable_data_stops_before_any_checkpoint(tmp_path, split, message):
     data = make_folder(tmp_path / "data", classes=2, train=8, val=4)
-    for img in (data / "train").rglob("*.png"):
+    for img in (data / split).rglob("*.png"):
         img.write_bytes(b"not an image")
     proc = run("train.py", "--data-dir", data, *TINY, "-b", "4", "--epochs", "2", "--output", tmp_path,
                "--experiment", "none", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "16 of 16 training samples were skipped" in proc.stderr and "--max-skipped" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: ") and message in last, proc.stderr
     assert not list((tmp_path / "none").glob("*.pth.tar"))
 
 
