@@ -53,7 +53,7 @@ def test_pretrained_without_weights_says_how_to_load():
 def test_model_info():
     info = visionzoo.model_info("eca_resnet50")
     assert info["params"] == 25_557_112 and info["family"] == "ca_resnet" and info["top1"] == 77.42
-    assert [f["reduction"] for f in info["feature_info"]] == [4, 8, 16, 32]
+    assert [f["reduction"] for f in info["feature_info"]] == [2, 4, 8, 16, 32]  # the stem level first, as timm
     assert info["config"]["attn_kernel_sizes"] == (3, 5, 5, 7)
 
 
