@@ -9,6 +9,7 @@ import visionzoo
 from visionzoo.blocks.agent_attn import AgentAttn
 from visionzoo.blocks.cswin_attn import CrossShapedWindowAttn
 from visionzoo.models import agent_cswin
+from visionzoo.models._registry import FAMILIES, MODELS
 
 from ._any_size import check_train_and_eval
 from .test_agent_swin import official_resize
@@ -30,15 +31,19 @@ def test_official_fixture_parity(backend):
         assert_matches_fixture(model, tensors)
 
 
-def test_official_fixture_through_checkpoint_path(tmp_path):
-    """The official training script's ``{"model": ...}`` file through create_model; our own keys then pass the
-    filter untouched."""
-    _, tensors, sd = load_fixture("agent_cswin_a")
+def assert_official_checkpoint_loads(fixture: str, name: str, tmp_path, **overrides) -> None:
+    """The fixture's weights as the official training script saves them (``{"model": ...}``) through
+    ``create_model(checkpoint_path=)`` give the official outputs; our own keys then pass the filter untouched."""
+    _, tensors, sd = load_fixture(fixture)
     torch.save({"model": sd}, tmp_path / "ckpt.pth")
-    model = visionzoo.create_model("agent_cswin_tiny", checkpoint_path=tmp_path / "ckpt.pth", **SMALL)
+    model = visionzoo.create_model(name, checkpoint_path=tmp_path / "ckpt.pth", **overrides)
     assert_matches_fixture(model, tensors)
     own = model.state_dict()
-    assert all(v is own[k] for k, v in agent_cswin.checkpoint_filter_fn(own, model).items())
+    assert all(v is own[k] for k, v in FAMILIES[MODELS[name].family].filter_fn(own, model).items())
+
+
+def test_official_fixture_through_checkpoint_path(tmp_path):
+    assert_official_checkpoint_loads("agent_cswin_a", "agent_cswin_tiny", tmp_path, **SMALL)
 
 
 @pytest.mark.parametrize("name", sorted(LISTING))

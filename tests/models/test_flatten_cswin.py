@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 import visionzoo
 from visionzoo.blocks.cswin_attn import CrossShapedWindowAttn, FocusedLinearAttnLePE
-from visionzoo.models import flatten_cswin
 
 from ._any_size import check_train_and_eval
+from .test_agent_cswin import assert_official_checkpoint_loads
 from ..fixtures import assert_listing_converts, assert_matches_fixture, load_fixture
 
 LISTING = {"flatten_cswin_tiny": "flatten_cswin_t", "flatten_cswin_small": "flatten_cswin_s",
@@ -24,20 +24,17 @@ def _small() -> dict:
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
-def test_official_fixture_parity(backend, tmp_path):
-    """Through from_official, and through create_model(checkpoint_path=) on the official training script's
-    ``{"model": sd}`` file; our own keys then pass the filter untouched."""
+def test_official_fixture_parity(backend):
     meta, tensors, sd = load_fixture("flatten_cswin_a")
     model = visionzoo.from_official("flatten_cswin", meta["constructor_kwargs"], sd)
     assert visionzoo.count_params(model) == meta["num_params"]
     assert model.cfg.attn_type == meta["constructor_kwargs"]["attn_type"]
-    torch.save({"model": sd}, tmp_path / "ckpt.pth")
-    loaded = visionzoo.create_model("flatten_cswin_tiny", checkpoint_path=tmp_path / "ckpt.pth", **_small())
     with visionzoo.use_backend(backend):
         assert_matches_fixture(model, tensors)
-        assert_matches_fixture(loaded, tensors)
-    own = loaded.state_dict()
-    assert all(v is own[k] for k, v in flatten_cswin.checkpoint_filter_fn(own, loaded).items())
+
+
+def test_official_fixture_through_checkpoint_path(tmp_path):
+    assert_official_checkpoint_loads("flatten_cswin_a", "flatten_cswin_tiny", tmp_path, **_small())
 
 
 @pytest.mark.parametrize("name", sorted(LISTING))
