@@ -7,7 +7,8 @@ which loads *after* wrapping the model, and so through transformers' ``TimmBackb
 models, without the stages after the last tap). :func:`adapt_state_dict` converts the checkpoint with
 the family's converter against a reference classifier of the same architecture built on the meta device
 (so a foreign or truncated checkpoint still fails with the converter's report), then keeps the keys the
-model has: the classifier (and pruned stages / final norm) are dropped, nothing else is.
+model has: the classifier (and pruned stages / final norm) are dropped, nothing else is; modules only the
+model has (a simple feature pyramid) keep their initial values, as the family converters leave them.
 
 Every registered model carries :func:`install`'s ``load_state_dict`` pre-hook, so ``load_state_dict``
 (timm's ``load_checkpoint`` included) does this by itself; a state dict that already fits is untouched.
@@ -65,6 +66,10 @@ def adapt_state_dict(model: nn.Module, state_dict: dict) -> dict:
         if target[key].shape != v.shape and any(k.startswith(c + ".") for c in classifier):
             continue  # a classifier of another class count is re-initialised, as timm does
         out[key] = v
+    # modules a classifier does not have (a detection pyramid built by a model option) stay as initialised
+    trunk = {k.split(".", 1)[0] for k in reference.state_dict()}
+    out.update({key: v for key, v in target.items()
+                if key not in out and key[len(prefix):].split(".", 1)[0] not in trunk})
     return out
 
 
