@@ -102,8 +102,6 @@ def test_non_4d_input_gives_one_message_in_every_family(built, name):
 #: families whose blocks still reshape with -1 on a batch of 0 (measured 07:50 UTC; strict: a fix turns the
 #: xfail into a failure, so the entry is removed with the fix). The ops themselves accept B = 0.
 ZERO_BATCH_KNOWN = {
-    "agent_cswin": "blocks/cswin_attn.py:87 reshape(..., -1) of 0 elements",
-    "flatten_cswin": "blocks/cswin_attn.py:87 reshape(..., -1) of 0 elements",
     "agent_deit": "blocks/agent_attn_cls.py:75 reshape(..., -1) of 0 elements",
     "biformer": "blocks/routing_attn.py:108 reshape(..., -1) of 0 elements",
     "halonet": "timm.layers.EcaModule (eca_halonext26ts) view(B, 1, -1) of 0 elements",

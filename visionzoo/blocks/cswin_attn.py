@@ -90,7 +90,7 @@ def _window_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tupl
     nh, nw = H // wh, W // ww
 
     def part(t):  # [B * nh * nw * heads, wh * ww, D], contiguous: bmm on strided views runs ~5x slower on CPU
-        t = t.reshape(B, nh, wh, nw, ww, heads, -1).permute(0, 1, 3, 5, 2, 4, 6)
+        t = t.reshape(B, nh, wh, nw, ww, heads, t.shape[-1]).permute(0, 1, 3, 5, 2, 4, 6)
         return t.reshape(-1, wh * ww, t.shape[-1]).contiguous()
     qw, kw, vw = part(q), part(k), part(v)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
@@ -98,7 +98,7 @@ def _window_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tupl
     else:  # inference: windows in chunks of ~CHUNK_BYTES of scores, into two buffers allocated once
         res = torch.empty_like(vw)
         n, L = qw.shape[:2]
-        step = min(n, max(1, CHUNK_BYTES // (L * L * qw.element_size())))
+        step = max(1, min(n, CHUNK_BYTES // (L * L * qw.element_size())))
         scores, probs = qw.new_empty(step, L, L), qw.new_empty(step, L, L)
         for i in range(0, n, step):
             j = min(n, i + step)
