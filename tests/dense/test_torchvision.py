@@ -135,3 +135,13 @@ def test_timm_feature_cls_dict(name):
     assert list(named(x)) == ["c3", "c4"]
     with pytest.raises(ValueError, match="feature_cls"):
         timm.create_model(name, features_only=True, feature_cls="tuple", **kw)
+
+
+@pytest.mark.parametrize("name", visionzoo.list_models())
+def test_every_model_builds_with_feature_cls_dict(name):
+    """Every registered model takes timm's ``feature_cls="dict"`` (built on the meta device; the forward of the
+    same getter is covered per model by the contract suite and, as a dict, by the test above)."""
+    model = timm.create_model(
+        f"vz_{name}", features_only=True, feature_cls="dict", device="meta", **tiny_overrides(name)
+    )
+    assert model.return_dict and len(model.feature_info.channels()) == len(model.feature_info.out_indices)
