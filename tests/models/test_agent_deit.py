@@ -215,7 +215,7 @@ def test_any_input_size_train_and_eval():
     check_train_and_eval(model, [(256, 256), (320, 320), (200, 232), (97, 131)])
 
 
-def test_simple_feature_pyramid():
+def test_simple_feature_pyramid(tmp_path):
     """feature_pyramid='simple': ViTDet's strides 4 / 8 / 16 / 32 from the last group's patch map (the stride-16
     level is that map); an official classifier checkpoint converts strictly into the pyramid model, the pyramid
     keeping its initialisation; features_only gives those levels."""
@@ -235,3 +235,8 @@ def test_simple_feature_pyramid():
     features = visionzoo.create_model("agent_deit_small", features_only=True, feature_pyramid="simple", **SMALL)
     assert features.feature_info.reduction() == [4, 8, 16, 32] and features.feature_info.channels() == [12, 24, 48, 48]
     assert [o.shape[1:] for o in features(x)] == [(12, 28, 20), (24, 14, 10), (48, 7, 5), (48, 4, 3)]
+    torch.save({"model": sd}, tmp_path / "agent_deit.pth")  # the official checkpoint into the feature model
+    loaded = visionzoo.create_model("agent_deit_small", features_only=True, feature_pyramid="simple",
+                                    checkpoint_path=tmp_path / "agent_deit.pth", **SMALL).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[2], last)
