@@ -98,11 +98,9 @@ def _conflict(key: str, given, recorded, origin: str, run_dir: str) -> str:
     flag = "--" + key.replace("_", "-")
     kind = "architecture" if key in ARCHITECTURE else "training-recipe"
     return (f"--resume {run_dir}: {flag} {given!r}{origin} conflicts with the run's {kind} flag {flag} "
-            f"{recorded!r} (its args.yaml); a resumed run keeps its flags except {', '.join(sorted(_SAFE_FLAGS))}: "
-            f"drop {flag}, or start a new run from the weights with --initial-checkpoint")
-
-
-_SAFE_FLAGS = ("--epochs", "--workers", "--device", "--data-dir")
+            f"{recorded!r} (its args.yaml); a resumed run keeps its flags, only --epochs, --workers, --device, "
+            f"--data-dir and such may change: drop {flag}, or start a new run from the weights with "
+            "--initial-checkpoint")
 
 
 def parse_train_args(parser: _Parser, argv=None) -> argparse.Namespace:
@@ -121,7 +119,7 @@ def parse_train_args(parser: _Parser, argv=None) -> argparse.Namespace:
     dests = {a.dest: a.default for a in parser._actions if a.dest != "help"}
     recorded = {k: v for k, v in _recorded(known.resume, parser).items() if k in dests}
     # the starting weights of the original run are in the checkpoint now
-    recorded.update(initial_checkpoint="", pretrained=False)
+    recorded.update(initial_checkpoint="", pretrained=False, config="")
     given = {}
     if known.config:
         cfg = _load_yaml(known.config, "--config", parser)
