@@ -60,6 +60,7 @@ class LargeKernelAttn(nn.Module):
         return f"kernels={k0}x{k0} then {k1}x{k1} dilation {self.dilation}, backend={self.backend or 'auto'}"
 
 
+@register_notrace_module  # an FX leaf: its oneDNN inference path is chosen per call, as in eager
 class VanAttn(nn.Module):
     """VAN's spatial attention ``proj_2(lka(gelu(proj_1(x)))) + x`` on ``[B, H, W, C]``.
 

@@ -19,13 +19,14 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerScale, Mlp
+from timm.layers import DropPath, LayerScale, Mlp, register_notrace_module
 
 from . import fused_eval
 
 __all__ = ["TransformerBlock"]
 
 
+@register_notrace_module  # an FX leaf: its oneDNN inference path is chosen per call, as in eager
 class TransformerBlock(nn.Module):
     """Pre-norm residual block ``[B, H, W, C] -> [B, H, W, C]``.
 

@@ -23,7 +23,7 @@ import dataclasses
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, DropPath
+from timm.layers import ClassifierHead, DropPath, register_notrace_module
 
 from .. import convert
 from ..blocks import fused_eval
@@ -75,6 +75,7 @@ def _conv_bn(in_chs, out_chs, kernel, stride=1, groups=1, dilation=1, dd=None):
             nn.BatchNorm2d(out_chs, **dd))
 
 
+@register_notrace_module  # an FX leaf: its oneDNN inference path is chosen per call, as in eager
 class ResidualBlock(nn.Module):
     """Basic (two 3x3) or bottleneck (1x1-3x3-1x1) residual block with channel attention.
 

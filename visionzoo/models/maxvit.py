@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from timm.layers import (DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SEModule, create_conv2d, create_pool2d,
                          get_norm_act_layer, make_divisible, pad_same)
+from timm.layers import register_notrace_module
 from timm.layers.conv2d_same import Conv2dSame
 
 from .. import convert
@@ -82,6 +83,7 @@ class Shortcut(nn.Module):
         return self.expand(self.pool(x))
 
 
+@register_notrace_module  # an FX leaf: its oneDNN inference path is chosen per call, as in eager
 class MBConv(nn.Module):
     """Pre-norm MBConv with SE (keys as timm's ``MbConvBlock``)."""
 
@@ -131,6 +133,7 @@ class MBConv(nn.Module):
         return fused_eval.conv_act(x, w2, b2, c2, act2, padding)
 
 
+@register_notrace_module  # an FX leaf: its oneDNN inference path is chosen per call, as in eager
 class PartitionBlock(nn.Module):
     """Pre-LN block or grid attention + MLP on ``[B, H, W, C]`` (keys as timm's ``PartitionAttentionCl``)."""
 
