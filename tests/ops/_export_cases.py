@@ -115,8 +115,11 @@ _B = {0: "batch"}
 
 CASES = [
     Case("na2d", NA2d, _map, (_BHW,) * 3),
+    # a padded map: F.pad's copy into the padded tensor compares strides of the two map sizes, a guard
+    # that specializes H and W (batch stays dynamic)
     Case("na2d_windows", NA2dWindows, _map, (_B,) * 3, ((2, 9, 10), (3, 9, 10))),
     Case("na1d", NA1d, lambda b, h, w: tuple(torch.randn(b, w, 2, 8) for _ in range(3)), ({0: "batch", 1: "w"},) * 3),
+    # the region size follows the map size, and the routing's sum-pool takes it as a static kernel size
     Case("bra", BRA, _map, (_B,) * 3, ((2, 9, 10), (3, 9, 10))),
     Case("halo", Halo, _map, (_BHW,) * 3, ((2, 8, 12), (3, 12, 8))),
     Case("lka", LKA, lambda b, h, w: (torch.randn(b, 4, h, w),), ({0: "batch", 2: "h", 3: "w"},)),

@@ -35,7 +35,7 @@ _backend.register_op(
     },
     checks={"triton": triton_attention_can_run},
     schema="(Tensor q, Tensor k, Tensor v, int[] kernel_size, int[] dilation, int[] stride, Tensor? rpb, "
-           "float scale, int[]? valid)",
+           "float scale, SymInt[]? valid)",
     diff=(0, 1, 2, 6),
     fake=lambda q, k, v, *_: v.new_empty(v.shape),
 )
@@ -117,16 +117,28 @@ def _layout(size, valid, shift, pad, kernel_size, dilation, stride) -> _Layout:
     if pad or any(shift):
         before = tuple((kk - s) % kk for s, kk in zip(shift, kernel_size))
         padded = tuple(-(-(b + n) // (st * d)) * st * d for b, n, st, d in zip(before, size, stride, dilation))
+    if valid is None and not (pad or any(shift)):
+        return _Layout(before, padded, None)  # the map as it is
     lo, hi = before, tuple(b + x for b, x in zip(before, real))
-    if lo == (0,) * len(size) and hi == padded:
-        return _Layout(before, padded, None)  # nothing to mask
+    static = _static(*padded, *hi)
+    if static and lo == (0,) * len(size) and hi == padded:
+        return _Layout(before, padded, None)  # nothing to mask (symbolic sizes: always masked, same result)
     for ax, (n, a, b, kk, d, st) in enumerate(zip(padded, lo, hi, kernel_size, dilation, stride)):
+        if not static and valid is None and st == kk and d == 1:
+            continue  # whole windows padded by less than a window on each side: every window holds a real key
         if not _axis_padding_ok(n, a, b, kk, d, st):
             raise ValueError(
                 f"valid {tuple(real)}: on axis {ax} some windows (kernel {kk}, dilation {d}, stride {st}) of the "
                 f"{n}-long padded map hold only padding; pad by less (e.g. to the next multiple of the window), "
                 f"or use a dilation no larger than the map")
     return _Layout(before, padded, lo + hi)
+
+
+def _static(*sizes) -> bool:
+    """Every size is a plain int (under ``torch.export`` / ``torch.compile`` with dynamic dims some are
+    ``SymInt``s: then the front door pads, masks and crops without comparing them, so no guard
+    specializes a dynamic dimension)."""
+    return all(isinstance(n, int) for n in sizes)
 
 
 def _pad(x: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -182,11 +194,12 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | S
         rpb = rpb.to(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     fn, _ = _backend.resolve("na2d", q, k, v, backend=backend, kernel_size=ks, dilation=dil, stride=st)
-    if layout.size != size:
+    same = not (pad or any(sh)) or (_static(*layout.size, *size) and layout.size == size)  # nothing to pad
+    if not same:
         q, k, v = _pad(q, layout), _pad(k, layout), _pad(v, layout)
     out = fn(q, k, v, ks, dil, st, rpb, scale) if layout.region is None else fn(
         q, k, v, ks, dil, st, rpb, scale, layout.region)
-    return out if layout.size == size else crop(out, size, start=layout.before)
+    return out if same else crop(out, size, start=layout.before)
 
 
 @_backend.fx_leaf

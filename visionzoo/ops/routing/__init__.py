@@ -38,7 +38,7 @@ _backend.register_op(
         "triton": "visionzoo.ops.routing.triton:bra_triton",
     },
     checks={"triton": triton_attention_can_run},
-    schema="(Tensor qp, Tensor kp, Tensor vp, Tensor idx, int n_win, float scale, int[] valid)",
+    schema="(Tensor qp, Tensor kp, Tensor vp, Tensor idx, int n_win, float scale, SymInt[] valid)",
     diff=(0, 1, 2),
     fake=lambda q, k, v, *_: q.new_empty((*q.shape[:-1], v.shape[-1])),
 )
