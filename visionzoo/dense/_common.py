@@ -21,7 +21,7 @@ DEFAULT_STRIDES = (4, 8, 16, 32)
 def is_isotropic(name: str) -> bool:
     """True for the single-scale families (every stage at one stride), which need the simple pyramid."""
     plain = name.split(".")[0].removeprefix("vz_")
-    return plain in MODELS and MODELS[plain].family == "nat_isotropic"
+    return plain in MODELS and MODELS[plain].family in ("nat_isotropic", "agent_deit")
 
 
 def default_out_indices(feature_info, strides=DEFAULT_STRIDES) -> tuple[int, ...]:
@@ -51,8 +51,8 @@ def create_features(name: str, out_indices=None, checkpoint_path=None, strides=D
     The isotropic families get the ViTDet simple pyramid (``feature_pyramid="simple"``) unless
     ``feature_pyramid=`` is given. ``kwargs`` go to the model (architecture overrides, ``drop_path_rate``...).
     """
-    if out_indices is None:
-        out_indices = level_indices(name, strides, **kwargs)
+    if out_indices is None:  # the probe builds on the meta device: no weights to load there
+        out_indices = level_indices(name, strides, **{k: v for k, v in kwargs.items() if k != "pretrained"})
     kwargs = _with_pyramid(name, kwargs)
     return create_model(name, features_only=True, out_indices=out_indices, checkpoint_path=checkpoint_path, **kwargs)
 

@@ -79,7 +79,7 @@ def tiny(cfg: AgentCSWinCfg) -> dict:
 register_family(
     __name__, "agent_cswin", HierarchicalNet, VARIANTS,
     {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
-                       size=cfg.img_size, crop_pct=0.9 if cfg.img_size == 224 else 1.0, license="unknown")
+                       size=cfg.img_size, crop_pct=0.875 if cfg.img_size == 224 else 1.0, license="unknown")
      for n, cfg in VARIANTS.items()},
     checkpoint_filter_fn,
     meta={n: dict(official_params_key=OFFICIAL_NAMES[n], official_name=OFFICIAL_NAMES[n], top1=_TOP1[n],
