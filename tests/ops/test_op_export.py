@@ -115,6 +115,7 @@ def test_custom_op_opcheck(name):
 def _onnx(name: str, tmp_path) -> float:
     ort = pytest.importorskip("onnxruntime")
     case, model, inputs = _setup(name)
+    model.eval()
     path = tmp_path / f"{name}.onnx"
     program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=_dynamic_shapes(case), verbose=False)
     program.save(str(path))

@@ -15,6 +15,11 @@ Front doors (token maps are channels-last, ``[B, H, W, heads, D]``):
 Backend control: :func:`use_backend`, :func:`current_backend`, :data:`BACKENDS`,
 :class:`BackendUnavailable`, :func:`triton_unavailable`. Importing this package never imports
 Triton: kernels load on first use.
+
+Deployment (rule in :mod:`._backend`): under ``torch.compile`` / ``torch.export`` the ``cpu`` path runs as a
+``torch.library`` custom op whose decomposition is the reference (so the dynamo ONNX exporter emits standard
+ops, :mod:`._custom_op`), under ``torch.jit.trace`` the reference runs, the front doors are ``torch.fx``
+leaves, and a batch of 0 gives empty outputs on every backend.
 """
 from ._backend import BACKENDS, BackendUnavailable, current_backend, triton_unavailable, use_backend
 from .agent_attn import agent_attn
