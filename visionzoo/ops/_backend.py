@@ -37,26 +37,27 @@ import functools
 import importlib
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from .. import _env
 
 __all__ = [
     "BACKENDS",
     "BackendUnavailable",
+    "can_run",
+    "current_backend",
+    "fx_leaf",
+    "preload",
     "register_op",
     "resolve",
-    "can_run",
-    "use_backend",
-    "current_backend",
-    "triton_unavailable",
-    "triton_available",
-    "preload",
     "tracing",
-    "fx_leaf",
+    "triton_available",
+    "triton_unavailable",
+    "use_backend",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -287,7 +288,8 @@ def _pick(op: str, name: str, tensors: tuple) -> Callable:
     """The function that serves backend ``name``: the rule of the module docstring for empty inputs and
     tracing. (Under ``torch.compile`` the ``cpu`` custom op is returned without importing the eager path.)"""
     entry = _OPS[op]
-    if name != "reference" and any(isinstance(t, torch.Tensor) and t.numel() == 0 for t in tensors):
+    # guard_or_false: a symbolic numel that may be 0 (unbacked) keeps the backend instead of failing the trace
+    if name != "reference" and any(isinstance(t, torch.Tensor) and guard_or_false(t.numel() == 0) for t in tensors):
         name = "reference"
     elif name == "cpu":
         mode = tracing()
