@@ -524,7 +524,8 @@ def test_download_through_hf_endpoint_into_a_fresh_cache(tmp_path):
     script = (
         "import torch, visionzoo, tests.test_pretrained as T\n"
         "_, tensors, _, build = T._official_build('nat_a')\n"
-        "model = visionzoo.create_model('dinat_tiny', pretrained=True, pretrained_cfg_overlay={'num_classes': 10}, **build)\n"
+        "model = visionzoo.create_model('dinat_tiny', pretrained=True,\n"
+        "                               pretrained_cfg_overlay={'num_classes': 10}, **build)\n"
         f"torch.save(model.eval()(tensors['input'].float()).detach(), {str(out)!r})\n"
     )
     env = dict(

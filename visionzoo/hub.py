@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p_readme = sub.add_parser("readme", help="rewrite (or --check) the model table in a README")
     p_readme.add_argument("path")
     p_readme.add_argument("--check", action="store_true")
-    from .hub_convert import add_convert_parser, run_convert  # convert [--push-to-hub]: released weights -> a Hub folder
+    # convert [--push-to-hub]: released weights -> a Hub folder
+    from .hub_convert import add_convert_parser, run_convert
 
     add_convert_parser(sub)
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ import visionzoo  # noqa: F401  (registers vz_* in timm)
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 pytest.importorskip("scipy", reason="scipy is not installed (DETR / Mask2Former's Hungarian matcher)")
 
-from transformers import (
+from transformers import (  # noqa: E402 (after the skips)
     DetrConfig,
     DetrForObjectDetection,
     Mask2FormerConfig,

@@ -73,7 +73,8 @@ class AgentAttnCls(AgentAttn):
         q, k, v = qkv.view(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         # agents: each head's patch queries pooled as a channels-last [B heads, hd, H, W] view (no copy)
         per_head = q[:, :, 1:].reshape(B * heads, H, W, hd).permute(0, 3, 1, 2)
-        agents = F.adaptive_avg_pool2d(per_head, self.pool_size).permute(0, 2, 3, 1).reshape(B, heads, -1, hd)
+        agents = F.adaptive_avg_pool2d(per_head, self.pool_size).permute(0, 2, 3, 1)
+        agents = agents.reshape(B, heads, agents.shape[1] * agents.shape[2], hd)  # no -1: B may be 0
         bias_kv, bias_q = self.biases(H, W, x.dtype)
         out = agent_attn(q, k, v, agents, bias_kv, bias_q, scale=self.scale, backend=self.backend)
         out = out.transpose(1, 2).reshape(B, N, C)

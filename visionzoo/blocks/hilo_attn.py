@@ -84,7 +84,7 @@ class HiLoAttn(nn.Module):
         q = fused_eval.linear(self, self.l_q, x).view(B, H * W, self.l_heads, self.head_dim).transpose(1, 2)
         if self.ws > 1:  # partial border windows average their real pixels only
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws, self.ws, ceil_mode=True).permute(0, 2, 3, 1)
-        kv = fused_eval.linear(self, self.l_kv, x).reshape(B, -1, 2, self.l_heads, self.head_dim)
+        kv = fused_eval.linear(self, self.l_kv, x).reshape(B, x.shape[1] * x.shape[2], 2, self.l_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return fused_eval.linear(self, self.l_proj, out.transpose(1, 2).reshape(B, H, W, self.l_dim))

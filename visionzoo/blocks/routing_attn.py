@@ -105,7 +105,8 @@ class GlobalAttnLePE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        qkv = fused_eval.linear(self, self.qkv, x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        heads = self.num_heads  # explicit sizes, no -1: a batch of 0 has nothing to infer from
+        qkv = fused_eval.linear(self, self.qkv, x).reshape(B, H * W, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:

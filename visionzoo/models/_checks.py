@@ -22,7 +22,9 @@ def _is_int(v) -> bool:
 
 def check_num_classes(num_classes) -> None:
     if not _is_int(num_classes) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, pooled features out), got {num_classes!r}")
+        raise ValueError(
+            f"num_classes must be an int >= 0 (0: no classifier, pooled features out), got {num_classes!r}"
+        )
 
 
 def normalize_out_indices(out_indices, num_stages: int) -> tuple[int, ...]:

@@ -31,12 +31,23 @@ from timm.models.byobnet import (ByoBlockCfg, ByoModelCfg, _init_weights, create
                                  get_layer_fns)
 
 from .. import convert
+from ..blocks.channel_attn import EfficientChannelAttn, eca_kernel_size
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.halo_attn import HaloAttn2d, HaloBlock
 from ._base import Backbone, pretrained_cfg
 from ._registry import register_family
 
 __all__ = ["HaloNetCfg", "HaloNet", "VARIANTS", "checkpoint_filter_fn"]
+
+
+def _eca(channels: int, **_) -> nn.Module:
+    """ECA as timm's ``EcaModule`` sizes it (the paper's kernel, at least 3), from our block: same ``conv`` key,
+    and it takes a batch of 0 (timm's ``view(B, 1, -1)`` cannot)."""
+    return EfficientChannelAttn(channels, kernel_size=max(eca_kernel_size(channels), 3))
+
+
+#: channel attention names timm's byob builder would resolve itself, where ours must run instead
+_CHANNEL_ATTN = {"eca": _eca}
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,8 @@ class HaloNetCfg:
                             br=br, self_attn_layer=HaloAttn2d, self_attn_kwargs=attn) for j in range(d)))
         return ByoModelCfg(blocks=tuple(stages), stem_chs=self.stem_width, stem_type=self.stem_type,
                            stem_pool=self.stem_pool, act_layer=self.act, num_features=self.num_features,
-                           attn_layer=self.channel_attn or None, self_attn_layer=HaloAttn2d)
+                           attn_layer=_CHANNEL_ATTN.get(self.channel_attn, self.channel_attn or None),
+                           self_attn_layer=HaloAttn2d)
 
 
 class HaloNet(Backbone):
