@@ -77,6 +77,8 @@ class ConvBN(nn.Sequential):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
+            return self.bn(self.c(x))
         if self.training or not bn_foldable(self.bn):
             return self.bn(self.c(x))
         # eval: the BN folded into the conv on the fly, one pass over the activations instead of two

@@ -107,8 +107,9 @@ class ResidualBlock(nn.Module):
             self.downsample = nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride, dd=dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_eval.applies(self, x) and self._foldable():
-            return self._forward_fused(x)
+        if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
+            if self._fused_applies(x):
+                return self._forward_fused(x)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -117,9 +118,10 @@ class ResidualBlock(nn.Module):
         out = self.drop_path(self.attn(out))
         return self.act(out + shortcut)
 
-    def _foldable(self) -> bool:
+    def _fused_applies(self, x: torch.Tensor) -> bool:
         ds_bn = None if self.downsample is None else self.downsample[1]
-        return all(fused_eval.bn_foldable(bn) for bn in (self.bn1, self.bn2, self.bn3, ds_bn))
+        return fused_eval.applies(self, x) and all(fused_eval.bn_foldable(bn) for bn in
+                                                   (self.bn1, self.bn2, self.bn3, ds_bn))
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: every Conv-BN(-ReLU) as one oneDNN convolution with the BN folded in."""
