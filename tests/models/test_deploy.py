@@ -1,0 +1,155 @@
+"""Every family deploys (issue 21 A): torch.export (eval with dynamic batch / spatial dims, train),
+ONNX through the dynamo exporter run in onnxruntime (1e-4), torch.jit.trace, torch.compile(fullgraph=True)
+in training at two input shapes and with ``dynamic=True``, FX feature extraction and timm's
+``features_only`` wrappers (``feature_cls='hook'`` / ``'fx'``) returning NCHW maps.
+
+Default tier: one representative per family (its first registered model, reduced config) on the fast
+paths (jit.trace, FX, the timm wrappers, export in eval with a dynamic batch), and the slower paths
+(ONNX ~40 s, compile, train-mode / dynamic-spatial export) for a few representatives. Extended tier
+(``VISIONZOO_EXTENDED_TESTS=1``): every path for every representative, every other registered model on
+the fast paths, and Inductor (C++ compiles take minutes per model on a 2-core host).
+
+``KNOWN`` lists the (family, path) pairs that do not work yet, each with its reason; they run as strict
+xfails, so a fix shows up as an unexpected pass.
+"""
+import pytest
+import torch
+
+from tests.models import _deploy as deploy
+from visionzoo.models._registry import MODELS
+
+REPS = deploy.representatives()
+FAST = ["trace", "fx", "hook", "timm_fx", "export_eval"]
+SLOW = ["export_train", "export_spatial", "onnx", "compile", "compile_dynamic"]
+#: families whose slow paths run in the default tier (a CNN, a conv-BN net, window and neighborhood attention)
+DEFAULT_SLOW = {"ca_resnet", "single_head_vit", "maxvit", "nat"}
+
+PATHS = {
+    "trace": deploy.jit_trace,
+    "fx": deploy.fx_features,
+    "hook": lambda n: deploy.timm_feature_cls(n, "hook"),
+    "timm_fx": lambda n: deploy.timm_feature_cls(n, "fx"),
+    "export_eval": lambda n: deploy.export_eval(n, spatial=False),
+    "export_spatial": lambda n: deploy.export_eval(n, spatial=True),
+    "export_train": deploy.export_train,
+    "onnx": deploy.onnx_dynamo,
+    "compile": lambda n: deploy.compile_train(n, "aot_eager"),
+    "compile_dynamic": lambda n: deploy.compile_train(n, "aot_eager", dynamic=True),
+    "inductor": lambda n: deploy.compile_train(n, "inductor"),
+    "inductor_dynamic": lambda n: deploy.compile_train(n, "inductor", dynamic=True),
+}
+#: the largest |diff| accepted per path (ONNX: the issue's 1e-4; compile compares gradients too)
+TOL = {"onnx": 1e-4, "compile": 1e-4, "compile_dynamic": 1e-4, "inductor": 1e-3, "inductor_dynamic": 1e-3}
+
+_NA_SYMINT = "na2d's front door takes Python ints only: a symbolic size there (dynamic H, W) is refused (ops, H3)"
+_CSWIN_TRACE = "blocks/cswin_attn.py passes traced sizes (tensors under jit.trace) as na2d's kernel_size"
+KNOWN: dict[tuple[str, str], str] = {
+    ("agent_cswin", "trace"): _CSWIN_TRACE,
+    ("flatten_cswin", "trace"): _CSWIN_TRACE,
+    ("maxvit", "export_spatial"): _NA_SYMINT + "; the grid partition's dilation is ceil(H / window)",
+    ("nat", "export_spatial"): _NA_SYMINT + "; the dilation is clamped to the map size",
+}
+
+
+def _run(family: str, name: str, path: str) -> None:
+    reason = KNOWN.get((family, path))
+    try:
+        diff = PATHS[path](name)
+    except Exception:
+        if reason is not None:
+            pytest.xfail(reason)
+        raise
+    assert reason is None, f"{family} / {path} now works: remove it from KNOWN ({reason})"
+    assert diff <= TOL.get(path, 1e-5), f"{name} {path}: max |diff| {diff:.2e}"
+
+
+def _params(paths, families=None):
+    out = []
+    for family, name in REPS.items():
+        for path in paths:
+            slow = path in SLOW and family not in DEFAULT_SLOW
+            if families is None or family in families:
+                marks = [pytest.mark.extended] if slow or path.startswith("inductor") else []
+                out.append(pytest.param(family, name, path, marks=marks, id=f"{family}-{path}"))
+    return out
+
+
+@pytest.mark.parametrize("family,name,path", _params(FAST + SLOW + ["inductor", "inductor_dynamic"]))
+def test_family_deploys(family, name, path):
+    _run(family, name, path)
+
+
+_OTHERS = [pytest.param(e.family, n, p, marks=pytest.mark.extended, id=f"{n}-{p}")
+           for n, e in MODELS.items() if REPS.get(e.family) != n for p in ("trace", "export_eval", "hook")]
+
+
+@pytest.mark.parametrize("family,name,path", _OTHERS)
+def test_every_model_deploys(family, name, path):
+    _run(family, name, path)
+
+
+#: families that torch.jit.script (the README's Deploy section says why the others do not)
+SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2"]
+
+
+@pytest.mark.parametrize("family", SCRIPTS)
+def test_torchscript(family):
+    """TorchScript compiles the plain modules (the fused inference path is a static
+    ``if not torch.jit.is_scripting()`` branch); eager inference takes the fused path: same outputs."""
+    model = deploy._model(REPS[family])
+    scripted = torch.jit.script(model)
+    (x,) = deploy._inputs(deploy.X1)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_representatives_cover_every_family():
+    assert set(REPS) == {e.family for e in MODELS.values()}
+    assert all(MODELS[n].family == f for f, n in REPS.items())
+
+
+def test_export_has_no_onednn_ops_after_an_eager_eval():
+    """After eager inference in the same process (the fused path ran), export records plain ATen ops
+    (it exported ``mkldnn._linear_pointwise.binary`` before)."""
+    model = deploy._model(REPS["nat"])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        ep = torch.export.export(model, (x,))
+    assert "mkldnn" not in str(ep.graph)
+
+
+def _readme_deploy_code() -> str:
+    import re
+    from tests.test_readme import README
+    body = README.read_text().split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    assert blocks, "README's Deploy section has no python example"
+    return "\n".join(blocks)
+
+
+def _run_readme_deploy(tmp_path, monkeypatch) -> dict:
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(_readme_deploy_code(), "README.md (Deploy)", "exec"), scope)
+    assert (tmp_path / "eca_resnet18.onnx").is_file()
+    return scope
+
+
+def test_readme_deploy_example_runs(tmp_path, monkeypatch):
+    """The README's Deploy example, with torch.compile on the aot_eager backend (Inductor's C++ build
+    takes minutes here: the verbatim run is the extended-tier test below)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: compile_(*a, **{**k, "backend": "aot_eager"}))
+    scope = _run_readme_deploy(tmp_path, monkeypatch)
+    with torch.no_grad():
+        x = torch.randn(3, 3, 80, 72)
+        model = scope["model"].eval()
+        torch.testing.assert_close(scope["program"].module()(x), model(x), rtol=1e-5, atol=1e-5)
+        assert [tuple(t.shape)[:2] for t in scope["features"](x)] == [(3, c) for c in
+                                                                      scope["features"].feature_info.channels()]
+
+
+@pytest.mark.extended
+def test_readme_deploy_example_runs_verbatim(tmp_path, monkeypatch):
+    _run_readme_deploy(tmp_path, monkeypatch)
