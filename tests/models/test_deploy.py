@@ -43,10 +43,7 @@ PATHS = {
 TOL = {"onnx": 1e-4, "compile": 1e-4, "compile_dynamic": 1e-4, "inductor": 1e-3, "inductor_dynamic": 1e-3}
 
 _NA_SYMINT = "na2d's front door takes Python ints only: a symbolic size there (dynamic H, W) is refused (ops, H3)"
-_CSWIN_TRACE = "blocks/cswin_attn.py passes traced sizes (tensors under jit.trace) as na2d's kernel_size"
 KNOWN: dict[tuple[str, str], str] = {
-    ("agent_cswin", "trace"): _CSWIN_TRACE,
-    ("flatten_cswin", "trace"): _CSWIN_TRACE,
     ("maxvit", "export_spatial"): _NA_SYMINT + "; the grid partition's dilation is ceil(H / window)",
     ("nat", "export_spatial"): _NA_SYMINT + "; the dilation is clamped to the map size",
 }

@@ -188,6 +188,8 @@ class CrossShapedWindowAttn(nn.Module):
 
     def windows(self, height: int, width: int) -> tuple[tuple[int, int], ...]:
         """The window of each branch on a ``height x width`` map."""
+        if torch.jit.is_tracing():  # sizes are traced tensors: the trace keeps this map's stripes
+            height, width = int(height), int(width)
         return ((height, width),) if self.global_attn else stripes(height, width, self.split_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

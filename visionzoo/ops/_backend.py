@@ -288,15 +288,15 @@ def _pick(op: str, name: str, tensors: tuple) -> Callable:
     """The function that serves backend ``name``: the rule of the module docstring for empty inputs and
     tracing. (Under ``torch.compile`` the ``cpu`` custom op is returned without importing the eager path.)"""
     entry = _OPS[op]
+    mode = tracing()
+    if name == "reference" or (mode == "jit" and name == "cpu"):  # torch.jit: sizes are traced tensors
+        return _load(entry, "reference", op)
     # guard_or_false: a symbolic numel that may be 0 (unbacked) keeps the backend instead of failing the trace
-    if name != "reference" and any(isinstance(t, torch.Tensor) and guard_or_false(t.numel() == 0) for t in tensors):
+    # (torch.jit traces numel() as a tensor: there the triton backend keeps its own empty-input handling)
+    if mode != "jit" and any(isinstance(t, torch.Tensor) and guard_or_false(t.numel() == 0) for t in tensors):
         name = "reference"
-    elif name == "cpu":
-        mode = tracing()
-        if mode == "jit":
-            name = "reference"
-        elif mode == "compile" and entry.opaque is not None:
-            return entry.opaque
+    elif name == "cpu" and mode == "compile" and entry.opaque is not None:
+        return entry.opaque
     return _load(entry, name, op)
 
 
