@@ -22,7 +22,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) validate.py --dataset digits --checkpoint output/demo/last.pth.tar -j 1
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --timeout 900 tests
+	$(PY) -m pytest -n 2 --timeout 900 --durations 25 tests
 
 test-extended: $(STAMP)
 	VISIONZOO_EXTENDED_TESTS=1 $(PY) -m pytest -n 2 tests
