@@ -40,10 +40,10 @@ from ._registry import register_family
 __all__ = ["HaloNetCfg", "HaloNet", "VARIANTS", "checkpoint_filter_fn"]
 
 
-def _eca(channels: int, **_) -> nn.Module:
+def _eca(channels: int, device=None, dtype=None, **_) -> nn.Module:
     """ECA as timm's ``EcaModule`` sizes it (the paper's kernel, at least 3), from our block: same ``conv`` key,
     and it takes a batch of 0 (timm's ``view(B, 1, -1)`` cannot)."""
-    return EfficientChannelAttn(channels, kernel_size=max(eca_kernel_size(channels), 3))
+    return EfficientChannelAttn(channels, kernel_size=max(eca_kernel_size(channels), 3), device=device, dtype=dtype)
 
 
 #: channel attention names timm's byob builder would resolve itself, where ours must run instead
