@@ -390,8 +390,8 @@ def tiny(cfg: AgentDeiTCfg) -> dict:
 register_family(
     __name__, "agent_deit", AgentDeiT, VARIANTS,
     {n: pretrained_cfg(paper=PAPER, origin_url=ORIGIN, first_conv="stem.proj", load="the official checkpoint",
-                       size=cfg.img_size, reduction=cfg.patch_size, license="unknown")
-     for n, cfg in VARIANTS.items()},
+                       size=cfg.img_size, license="unknown", pool_size=(1, 1 + cfg.grid ** 2))
+     for n, cfg in VARIANTS.items()},  # pool_size: forward_features' unpooled [B, C, 1, 1 + g*g] sequence
     checkpoint_filter_fn,
     meta={n: dict(official_params_key=n, official_name=f"{n} (cfgs/{_CONFIG[n]}.yaml)", top1=_TOP1[n],
                   top1_source="Agent-Attention README (ImageNet-1k)") for n in VARIANTS},
