@@ -16,6 +16,7 @@ from timm.layers import make_divisible, register_notrace_module, trunc_normal_
 from timm.models.byobnet import SelfAttnBlock
 
 from ..ops import halo_attn
+from ..ops.halo.reference import halo_padded
 
 __all__ = ["HaloAttn2d", "HaloBlock", "RelPosTables"]
 
@@ -80,8 +81,12 @@ class HaloAttn2d(nn.Module):
         hq, wq = q.shape[-2:]
         q = q.view(B, heads, dqk, hq, wq).permute(0, 3, 4, 1, 2)
         k, v = self.kv(x).view(B, heads, dqk + dv, H, W).permute(0, 3, 4, 1, 2).split([dqk, dv], -1)
-        out = halo_attn(q, k, v, self.block_size, self.halo_size, self.pos_embed.height_rel,
-                        self.pos_embed.width_rel, stride=self.block_stride, scale=self.scale, backend=self.backend)
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the op's reference, not its front door
+            out = halo_padded(q, k, v, self.block_size, self.halo_size, self.pos_embed.height_rel,
+                              self.pos_embed.width_rel, self.block_stride, self.scale)
+        else:
+            out = halo_attn(q, k, v, self.block_size, self.halo_size, self.pos_embed.height_rel,
+                            self.pos_embed.width_rel, stride=self.block_stride, scale=self.scale, backend=self.backend)
         out = out.reshape(B, hq, wq, heads * dv).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         return self.pool(out)
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module, resize_rel_pos_bias_table
 
 from ..ops.neighborhood import na2d
+from ..ops.neighborhood.reference import na2d_padded
 from . import fused_eval
 
 __all__ = ["PartitionAttn2d", "resize_rel_pos_table"]
@@ -54,6 +55,8 @@ class PartitionAttn2d(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain reference path only
+            return self._forward_scripted(x)
         B, H, W, C = x.shape
         p = self.partition_size
         q, k, v = fused_eval.linear(self, self.qkv, x).view(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
@@ -63,6 +66,16 @@ class PartitionAttn2d(nn.Module):
         out = na2d(q, k, v, p, dilation, stride=p, rpb=self.rel_pos.table, scale=self.head_dim ** -0.5,
                    backend=self.backend, pad=True)
         return self.proj_drop(fused_eval.linear(self, self.proj, out.reshape(B, H, W, C)))
+
+    def _forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` under ``torch.jit.script``: plain projections and ``na2d``'s reference with the
+        front door's ``pad=True`` (:func:`~visionzoo.ops.neighborhood.reference.na2d_padded`)."""
+        B, H, W, C = x.shape
+        p = self.partition_size
+        q, k, v = self.qkv(x).view(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
+        dilation = [1, 1] if self.partition == "block" else [(H + p - 1) // p, (W + p - 1) // p]
+        out = na2d_padded(q, k, v, [p, p], dilation, [p, p], self.rel_pos.table, self.head_dim ** -0.5)
+        return self.proj_drop(self.proj(out.reshape(B, H, W, C)))
 
     def extra_repr(self) -> str:
         return f"{self.partition}, size={self.partition_size}, heads={self.num_heads}, backend={self.backend or 'auto'}"

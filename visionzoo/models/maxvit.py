@@ -40,6 +40,7 @@ from ..blocks import fused_eval
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
 from ._base import Backbone, Stage, drop_path_rates, init_linear_trunc_normal, pretrained_cfg
+from ._checks import check_image_batch
 from ._registry import register_family
 
 __all__ = ["MaxViTCfg", "MaxViT", "VARIANTS"]
@@ -104,16 +105,17 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut(x)
-        acts = self._acts if fused_eval.applies(self, x) else None
-        if acts is not None:
-            x = self._fused_convs(x, acts)
-        else:
-            x = self.norm2(self.conv2_kxk(self.norm1(self.conv1_1x1(self.pre_norm(x)))))
-        return self.drop_path(self.conv3_1x1(self.se(x))) + shortcut
+        return self.drop_path(self.conv3_1x1(self.se(self._convs(x)))) + self.shortcut(x)
 
-    @property
-    def _acts(self):
+    def _convs(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-norm, 1x1 conv, BN-act, depthwise conv, BN-act."""
+        if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
+            acts = self._fused_acts() if fused_eval.applies(self, x) else None
+            if acts is not None:
+                return self._fused_convs(x, acts)
+        return self.norm2(self.conv2_kxk(self.norm1(self.conv1_1x1(self.pre_norm(x)))))
+
+    def _fused_acts(self):
         norms = self.pre_norm, self.norm1, self.norm2
         if not all(fused_eval.bn_foldable(n) for n in norms) or not all(hasattr(n, "act") for n in norms[1:]):
             return None
@@ -151,8 +153,9 @@ class PartitionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
-        if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs
-            return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x)
+        if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
+            if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs
+                return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
@@ -216,7 +219,12 @@ class MaxViT(Backbone):
         self.apply(init_linear_trunc_normal)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward_features(x).contiguous()
+        if torch.jit.is_scripting():  # TorchScript has no super(): the base's scripted path (no checkpointing)
+            check_image_batch(x, self.in_chans)
+            x = self.norm(self.stages(self.stem(x)))
+        else:
+            x = super().forward_features(x)
+        return x.contiguous()
 
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
         out = super().forward_intermediates(x, *args, **kwargs)
