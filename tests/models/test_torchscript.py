@@ -1,0 +1,202 @@
+"""``torch.jit.script`` (issue 21 A): the families whose timm counterparts script (attention ResNets,
+SHViT, HaloNet, MaxViT; and ECA-MobileNetV2) compile and match eager, in eval and train mode, on maps
+that are and are not multiples of the attention windows; the others raise (``NO_SCRIPT`` says why), so
+the README's list cannot drift.
+
+Scripted models compile the plain modules only: the fused eval path is a static
+``if not torch.jit.is_scripting()`` branch, and the attention blocks call the ops' TorchScript-compatible
+references (``halo_padded``, ``na2d_padded``: the front doors' pad / mask / crop) instead of the front
+doors (Python argument handling and backend dispatch). Eager inference still takes the fused path and
+the cpu backends: outputs agree to float rounding.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from tests.models import _deploy as deploy
+from tests.models import create_tiny
+from visionzoo.blocks.halo_attn import HaloAttn2d
+from visionzoo.blocks.multi_axis_attn import PartitionAttn2d
+from visionzoo.models._registry import MODELS
+from visionzoo.ops.halo import halo_attn
+from visionzoo.ops.halo.reference import halo_padded
+from visionzoo.ops.neighborhood import na2d
+from visionzoo.ops.neighborhood.reference import na2d_padded
+
+REPS = deploy.representatives()
+#: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
+SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit"]
+_FUSED = "the blocks call fused_eval's helpers (nn.Module-typed arguments) outside a static is_scripting branch"
+_NA = "calls na2d's front door (Python argument handling, backend dispatch)"
+_SEQ = "ops.partition's helpers (typing.Sequence arguments, fx_leaf wrappers)"
+_NWD = "Backbone's class annotation nwd_patterns: tuple[str, ...] (TorchScript cannot type an instance's tuple)"
+#: family -> why torch.jit.script raises (the first constructs TorchScript rejects, in model order)
+NO_SCRIPT = {
+    "nat": f"{_NWD}; {_FUSED}; {_NA}",
+    "nat_isotropic": f"{_NWD}; {_FUSED}; {_NA}",
+    "dinat_s": f"{_NWD}; {_FUSED}; {_NA}",
+    "biformer": f"{_NWD}; {_SEQ}; calls bra's front door (ops.routing)",
+    "van": f"{_NWD}; {_SEQ}; calls lka's front door (ops.lka)",
+    "litv2": f"{_NWD}; {_FUSED}; {_NA} (HiLo windows)",
+    "agent_deit": "AgentAttnCls builds its error message from tuple(size) (a list of unknown length); "
+                  "calls agent_attn's front door",
+    "agent_pvt": f"{_NWD}; AgentAttn's forward defines a nested function; calls agent_attn's front door",
+    "agent_swin": f"{_NWD}; AgentAttn's forward defines a nested function; calls agent_attn's front door",
+    "agent_cswin": f"{_NWD}; {_SEQ}; CSWin stripes call na2d's front door",
+    "flatten_pvt": f"{_NWD}; FocusedLinearAttn reads submodules that exist only in some configurations; "
+                   "calls linear_attn's front door",
+    "flatten_pvt_v2": f"{_NWD}; {_SEQ}; calls linear_attn's front door",
+    "flatten_swin": f"{_NWD}; FocusedLinearAttn reads submodules that exist only in some configurations; "
+                    "calls linear_attn's front door",
+    "flatten_cswin": f"{_NWD}; {_SEQ}; CSWin stripes call na2d's front door",
+}
+#: a window-multiple map and one that is not (the attention pads and masks it)
+SIZES = [(64, 64), (72, 88)]
+
+
+def _awake(model: nn.Module) -> nn.Module:
+    """Norm weights / statistics redrawn and zero-initialised parameters (timm's zero_init_last, bias
+    tables) filled, so every residual branch, the attention included, reaches the output."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_var is not None:
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+        for p in model.parameters():
+            if p.dim() == 1 and p.numel() > 1 and bool((p == 1).all()):
+                p.copy_(0.5 + 0.5 * torch.rand(p.shape, generator=g))
+            elif not p.any():
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _check_scripted(name: str, sizes=SIZES, tiny: bool = True) -> None:
+    torch.manual_seed(0)
+    model = _awake(create_tiny(name, num_classes=5) if tiny else __import__("visionzoo").create_model(name))
+    scripted = torch.jit.script(model.eval())
+    g = torch.Generator().manual_seed(1)
+    for hw in sizes:
+        x = torch.randn(2, 3, *hw, generator=g)
+        with torch.no_grad():  # eval: eager takes the fused path where it has one
+            torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5, msg=f"{name} eval {hw}")
+        model.train(), scripted.train()  # train: batch statistics, autograd through both graphs (shared parameters)
+        xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_s, out_e = scripted(xs), model(xe)
+        torch.testing.assert_close(out_s, out_e, rtol=1e-5, atol=1e-5, msg=f"{name} train {hw}")
+        out_s.square().sum().backward()
+        out_e.square().sum().backward()
+        torch.testing.assert_close(xs.grad, xe.grad, rtol=1e-5, atol=1e-5, msg=f"{name} train input grad {hw}")
+        model.eval(), scripted.eval()
+
+
+@pytest.mark.parametrize("family", SCRIPTS)
+def test_family_scripts(family):
+    """The family's representative (reduced config) scripts and matches eager at both sizes."""
+    _check_scripted(REPS[family])
+
+
+_OTHERS = [pytest.param(n, marks=pytest.mark.extended, id=n)
+           for n, e in MODELS.items() if e.family in SCRIPTS and REPS[e.family] != n]
+
+
+@pytest.mark.parametrize("name", _OTHERS)
+def test_every_model_scripts(name):
+    """Every other registered model of the scripting families (extended: a compile per model)."""
+    _check_scripted(name)
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("name", ["halonet_h0", "eca_halonext26ts", "maxvit_tiny"])
+def test_full_size_scripts(name):
+    """Full-size models (MaxViT's 7x7 windows: 224 and a 200 x 232 map that pads every stage's
+    partitions; extended: ~1 min each on 2 cores)."""
+    _check_scripted(name, sizes=[(224, 224), (200, 232)], tiny=False)
+
+
+# ---- the blocks and the ops' scriptable references ------------------------------------------------
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9), (3, 13), (13, 5)])
+@pytest.mark.parametrize("partition", ["block", "grid"])
+def test_partition_attention_scripts(partition, hw):
+    """MaxViT's block / grid attention on maps smaller than, equal to and not a multiple of the window."""
+    attn = PartitionAttn2d(32, 8, partition, 4).eval()
+    scripted = torch.jit.script(attn)
+    x = torch.randn(2, *hw, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9), (3, 13)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_halo_attention_scripts(stride, hw):
+    """HaloNet's attention (strided too) on maps that are and are not multiples of the block."""
+    attn = HaloAttn2d(16, 16, stride=stride, num_heads=2, block_size=4, halo_size=1).eval()
+    with torch.no_grad():
+        for t in (attn.pos_embed.height_rel, attn.pos_embed.width_rel):
+            t.normal_()
+    scripted = torch.jit.script(attn)
+    x = torch.randn(2, 16, *hw)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,kernel,grid", [((7, 9), 4, False), ((7, 9), 4, True), ((5, 11), 3, True),
+                                            ((8, 8), 4, True), ((2, 3), 4, False)])
+def test_na2d_padded_is_the_front_door(hw, kernel, grid):
+    """``na2d_padded`` scripted equals ``na2d(pad=True)`` (every backend is tested against the reference)."""
+    H, W = hw
+    q, k, v = torch.randn(3, 2, H, W, 2, 8).unbind(0)
+    rpb = torch.randn(2, 2 * kernel - 1, 2 * kernel - 1)
+    dil = [-(-H // kernel), -(-W // kernel)] if grid else [1, 1]
+    want = na2d(q, k, v, kernel, dil, stride=kernel, rpb=rpb, scale=0.3, pad=True)
+    got = torch.jit.script(na2d_padded)(q, k, v, [kernel, kernel], dil, [kernel, kernel], rpb, 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,block,halo,stride,rel", [((7, 9), 4, 1, 1, True), ((8, 8), 4, 1, 2, True),
+                                                      ((5, 11), 4, 2, 2, False), ((13, 6), 3, 1, 1, True)])
+def test_halo_padded_is_the_front_door(hw, block, halo, stride, rel):
+    """``halo_padded`` scripted equals ``halo_attn``."""
+    H, W = hw
+    k, v = torch.randn(2, H, W, 2, 8), torch.randn(2, H, W, 2, 6)
+    q = torch.randn(2, -(-H // stride), -(-W // stride), 2, 8)
+    win = block + 2 * halo
+    rh, rw = (torch.randn(2 * win - 1, 8), torch.randn(2 * win - 1, 8)) if rel else (None, None)
+    want = halo_attn(q, k, v, block, halo, rh, rw, stride=stride, scale=0.3)
+    got = torch.jit.script(halo_padded)(q, k, v, block, halo, rh, rw, stride, 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---- the families that do not script ----------------------------------------------------------------
+def test_every_family_is_listed():
+    assert set(SCRIPTS) | set(NO_SCRIPT) == set(REPS), "classify every family: SCRIPTS or NO_SCRIPT (with why)"
+    assert not set(SCRIPTS) & set(NO_SCRIPT)
+
+
+_PROBE = """
+import sys, warnings
+import torch
+from tests.models import create_tiny
+warnings.filterwarnings("ignore")
+for name in sys.argv[1:]:
+    try:
+        torch.jit.script(create_tiny(name, num_classes=5).eval())
+        print(name, "scripts")
+    except Exception as e:
+        print(name, "raises", type(e).__name__)
+"""
+
+
+def test_unscriptable_families_raise():
+    """Each ``NO_SCRIPT`` family's representative raises in ``torch.jit.script`` (a strict list: one that
+    starts to script must move to ``SCRIPTS`` and the README's table). One subprocess: a failed script
+    leaves half-compiled classes behind, which would make later scripts in this process fail."""
+    names = [REPS[f] for f in NO_SCRIPT]
+    out = subprocess.run([sys.executable, "-c", _PROBE, *names], capture_output=True, text=True, timeout=600,
+                         check=True).stdout
+    result = dict(line.split(" ", 1) for line in out.splitlines())
+    scripts = sorted(n for n in names if not result[n].startswith("raises"))
+    assert not scripts, f"these now script: move their families to SCRIPTS and the README: {scripts}"
