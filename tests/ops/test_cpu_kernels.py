@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from visionzoo.ops import _cpu
-from visionzoo.ops.neighborhood import na2d
 from visionzoo.ops.neighborhood import cpu as na_cpu
+from visionzoo.ops.neighborhood import na2d
 
 REASON = _cpu.cpu_ext_unavailable()
 needs_ext = pytest.mark.skipif(REASON is not None, reason=f"C++ CPU kernels unavailable here: {REASON}")
@@ -226,3 +226,110 @@ def test_na2d_cpu_backward_without_kernel(monkeypatch, dilation, rpb, dv):
     want = torch.autograd.grad(na2d(q, k, v, 3, dilation, rpb=bias, backend="reference"), params, dout)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ depthwise convolution weight gradient
+def _wgrad_problem(b, c, h, w, k, dilation, seed=0):
+    """The LKA cpu path's geometry: taps that can only read padding are cropped (per axis), the map is
+    padded explicitly; float32 ``dy`` / ``xpad`` and the float64 autograd ``(dw, db)`` of the 'valid'
+    ``F.conv2d`` on the cropped kernel."""
+    import torch.nn.functional as F
+
+    from visionzoo.ops.lka import cpu as lka_cpu
+
+    g = torch.Generator().manual_seed(seed)
+    (rows, cols), pad = lka_cpu._geometry(torch.empty(c, 1, k, k), dilation, (h, w))
+    xpad = F.pad(torch.randn(b, c, h, w, generator=g, dtype=torch.float64), pad)
+    wc = torch.randn(c, 1, k, k, generator=g, dtype=torch.float64)[:, :, rows, cols].contiguous().requires_grad_()
+    bias = torch.randn(c, generator=g, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(xpad, wc, bias, dilation=dilation, groups=c)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    y.backward(dy)
+    return dy.float(), xpad.float(), tuple(wc.shape[-2:]), (wc.grad, bias.grad)
+
+
+def _check_wgrad(b, c, h, w, k, dilation, layout="channels_last"):
+    dy, xpad, ksize, (want_w, want_b) = _wgrad_problem(b, c, h, w, k, dilation)
+    if layout == "channels_last":
+        dy, xpad = (t.contiguous(memory_format=torch.channels_last) for t in (dy, xpad))
+    dw, db = _cpu.dwconv_wgrad(dy, xpad, ksize, dilation, bias=True)
+    assert dw.shape == want_w.shape and dw.dtype == torch.float32 and dw.is_contiguous()
+    # float32 sums of up to b * h * w products: tolerance relative to the gradient's scale
+    scale = want_w.abs().max().item() + 1
+    torch.testing.assert_close(dw.double(), want_w, rtol=1e-5, atol=2e-6 * scale)
+    torch.testing.assert_close(db.double(), want_b, rtol=1e-5, atol=2e-6 * (want_b.abs().max().item() + 1))
+
+
+# (B, C, H, W, k, dilation): every channel count (1, a 16-lane tail, whole blocks, a tail after whole
+# blocks), map sizes from 1x1 (only the centre tap) through maps narrower than the dilated kernel (cropped
+# taps, rectangular kernels) to VAN's stage-1 width; d = 5 runs the runtime-dilation loop (d > 4)
+WGRAD_CASES = [
+    (1, 1, 1, 1, 7, 3), (3, 3, 1, 1, 5, 1), (1, 17, 3, 5, 7, 3), (3, 64, 3, 5, 5, 1), (1, 130, 7, 7, 7, 3),
+    (3, 17, 7, 7, 5, 1), (3, 3, 19, 23, 7, 3), (1, 130, 19, 23, 5, 1), (1, 64, 56, 56, 7, 3), (3, 1, 56, 56, 5, 1),
+    (2, 17, 19, 23, 7, 5), (1, 20, 9, 31, 5, 2),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("case", WGRAD_CASES, ids=str)
+def test_dwconv_wgrad_matches_autograd(case):
+    _check_wgrad(*case)
+
+
+@needs_ext
+@pytest.mark.extended  # 200 float64 references, ~ minutes on 2 cores
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("c", [1, 3, 17, 64, 130])
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (7, 7), (19, 23), (56, 56)], ids=str)
+@pytest.mark.parametrize("k,dilation", [(5, 1), (7, 3), (5, 3), (7, 1)])
+def test_dwconv_wgrad_sweep(b, c, hw, k, dilation):
+    _check_wgrad(b, c, *hw, k, dilation)
+
+
+@needs_ext
+def test_dwconv_wgrad_layouts_and_threads():
+    """NCHW, non-contiguous (sliced) and channels_last inputs give the same bits, at any thread count
+    (the sum order depends on the shape only)."""
+    dy, xpad, ksize, _ = _wgrad_problem(2, 19, 11, 13, 7, 3, seed=3)
+    want = _cpu.dwconv_wgrad(dy.contiguous(memory_format=torch.channels_last),
+                             xpad.contiguous(memory_format=torch.channels_last), ksize, 3, bias=True)
+    big = torch.zeros(2, 25, 11, 13 + 4).contiguous(memory_format=torch.channels_last)
+    big[:, 3:22, :, 2:15] = dy
+    sliced = big[:, 3:22, :, 2:15]  # unit channel stride, other strides of the bigger map
+    assert sliced.stride(1) == 1 and not sliced.is_contiguous(memory_format=torch.channels_last)
+    variants = {"nchw": (dy, xpad), "sliced": (sliced, xpad),
+                "transposed": (dy.transpose(2, 3).contiguous().transpose(2, 3), xpad)}
+    threads = torch.get_num_threads()
+    try:
+        for name, (d, x) in variants.items():
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                got = _cpu.dwconv_wgrad(d, x, ksize, 3, bias=True)
+                assert all(torch.equal(a, b) for a, b in zip(got, want)), (name, n)
+    finally:
+        torch.set_num_threads(threads)
+    dw, db = _cpu.dwconv_wgrad(dy, xpad, ksize, 3)
+    assert db is None and torch.equal(dw, want[0])
+
+
+@needs_ext
+def test_dwconv_wgrad_empty_batch():
+    dw, db = _cpu.dwconv_wgrad(torch.zeros(0, 4, 5, 5), torch.zeros(0, 4, 9, 9), 5, 1, bias=True)
+    assert dw.shape == (4, 1, 5, 5) and not dw.any() and db.shape == (4,) and not db.any()
+
+
+@pytest.mark.parametrize("args,match,exc", [
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 9, 9), 0, 1), r"kernel_size must be an int >= 1", ValueError),
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 9, 9), (5, 5, 5), 1), "kernel_size must be", ValueError),
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 9, 9), 5, 0), "dilation must be an int >= 1", ValueError),
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 9, 9), 5, True), "dilation must be an int >= 1", ValueError),
+    ((torch.zeros(4, 5, 5), torch.zeros(1, 4, 9, 9), 5, 1), r"dy must be a \[B, C, H, W\] tensor", ValueError),
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 9, 9).double(), 5, 1), "xpad must be a float32 CPU", TypeError),
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 9, 8), 5, 1), r"xpad must be \[B, C, H \+ dilation", ValueError),
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 3, 9, 9), 5, 1), r"= \[1, 4, 9, 9\]", ValueError),
+    ((torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 9, 9), (5, 3), 2), r"= \[1, 4, 13, 9\]", ValueError),
+])
+def test_dwconv_wgrad_rejects_bad_inputs(args, match, exc):
+    """Checked in Python before the kernel is built or called (so also where it is unavailable)."""
+    with pytest.raises(exc, match=match):
+        _cpu.dwconv_wgrad(*args)

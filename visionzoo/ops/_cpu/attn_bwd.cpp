@@ -317,8 +317,3 @@ at::Tensor scatter_add_rows(const at::Tensor& src, const at::Tensor& src_rows, c
   });
   return out;
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("attn_bwd", &attn_bwd, "attention backward over many small fp32 problems (AVX-512)");
-  m.def("scatter_add_rows", &scatter_add_rows, "grouped row scatter-add (disjoint output rows per group)");
-}

@@ -19,10 +19,13 @@ same-run ratios):
 Under ``torch.compile`` / ``torch.export`` this path runs as the custom op ``visionzoo::lka_cpu``; under
 ``torch.jit`` the reference runs instead (the rule lives in :mod:`visionzoo.ops._backend`).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .. import _cpu
 
 __all__ = ["lka_cpu"]
 
@@ -42,53 +45,76 @@ def _geometry(w: torch.Tensor, dilation: int, size: tuple[int, int]):
     return (slice(r0, r1), slice(c0, c1)), (pw, pw, ph, ph)
 
 
+def _dwconv_padded(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dilation: int):
+    """'Same' depthwise convolution as an explicit zero pad and a ``padding=0`` convolution: ``(y, padded x)``."""
+    (rows, cols), pad = _geometry(w, dilation, x.shape[-2:])
+    xp = F.pad(x, pad)
+    return F.conv2d(xp, w[:, :, rows, cols], b, dilation=dilation, groups=x.shape[1]), xp
+
+
 def _dwconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dilation: int) -> torch.Tensor:
-    """'Same' depthwise convolution as an explicit zero pad and a ``padding=0`` convolution."""
-    (rows, cols), pad = _geometry(w, dilation, x.shape[-2:])
-    return F.conv2d(F.pad(x, pad), w[:, :, rows, cols], b, dilation=dilation, groups=x.shape[1])
+    return _dwconv_padded(x, w, b, dilation)[0]
 
 
-def _dweight(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Gradient of ``w`` in ``y = _dwconv(x, w, b, dilation)`` (zeros for the dropped taps)."""
-    (rows, cols), pad = _geometry(w, dilation, x.shape[-2:])
-    wc = w[:, :, rows, cols]
-    _, dwc, _ = torch.ops.aten.convolution_backward(dy, F.pad(x, pad), wc, None, [1, 1], [0, 0],
-                                                    [dilation, dilation], False, [0, 0], x.shape[1],
-                                                    [False, True, False])
+def _wgrad(dy: torch.Tensor, xp: torch.Tensor, w: torch.Tensor, dilation: int, weight: bool, bias: bool):
+    """Gradients ``(dw or None, db or None)`` of ``y = _dwconv(x, w, b, dilation)`` from ``xp``, the padded ``x``
+    (zeros in ``dw`` for the dropped taps): visionzoo's C++ kernel (both in one pass), else ATen's."""
+    if not weight:
+        return None, dy.sum((0, 2, 3)) if bias else None
+    (rows, cols), _ = _geometry(w, dilation, dy.shape[-2:])
+    if _cpu.cpu_ext_unavailable(dy, xp) is None:
+        dwc, db = _cpu.dwconv_wgrad(dy, xp, (rows.stop - rows.start, cols.stop - cols.start), dilation, bias)
+    else:
+        _, dwc, _ = torch.ops.aten.convolution_backward(
+            dy,
+            xp,
+            w[:, :, rows, cols],
+            None,
+            [1, 1],
+            [0, 0],
+            [dilation, dilation],
+            False,
+            [0, 0],
+            dy.shape[1],
+            [False, True, False],
+        )
+        db = dy.sum((0, 2, 3)) if bias else None
     if dwc.shape == w.shape:
-        return dwc
+        return dwc, db
     dw = torch.zeros_like(w)
     dw[:, :, rows, cols] = dwc
-    return dw
+    return dw, db
 
 
 class _LKA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w0, b0, w1, b1, dilation):
-        a = _dwconv(x, w0, b0, 1)
-        ctx.save_for_backward(x, a, w0, w1)
+        a, xp = _dwconv_padded(x, w0, b0, 1)
+        y, ap = _dwconv_padded(a, w1, b1, dilation)
+        ctx.save_for_backward(xp, ap, w0, w1)  # the padded maps: the weight gradients read them as they are
         ctx.dilation, ctx.has_bias = dilation, (b0 is not None, b1 is not None)
-        return _dwconv(a, w1, b1, dilation)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, a, w0, w1 = ctx.saved_tensors
+        xp, ap, w0, w1 = ctx.saved_tensors
         d = ctx.dilation
         dy = dy.contiguous(memory_format=torch.channels_last)
         need = ctx.needs_input_grad
-        dw1 = _dweight(dy, a, w1, d) if need[3] else None
-        db1 = dy.sum((0, 2, 3)) if need[4] and ctx.has_bias[1] else None
+        dw1, db1 = _wgrad(dy, ap, w1, d, need[3], need[4] and ctx.has_bias[1])
         da = _dwconv(dy, w1.flip(-1, -2), None, d) if any(need[:3]) else None
         dx = _dwconv(da, w0.flip(-1, -2), None, 1) if need[0] else None
-        dw0 = _dweight(da, x, w0, 1) if need[1] else None
-        db0 = da.sum((0, 2, 3)) if need[2] and ctx.has_bias[0] else None
+        dw0, db0 = _wgrad(da, xp, w0, 1, need[1], need[2] and ctx.has_bias[0]) if any(need[1:3]) else (None, None)
         return dx, dw0, db0, dw1, db1, None
 
 
 def lka_cpu(x, w0, b0, w1, b1, dilation):
     """``x [B, C, H, W]`` -> ``[B, C, H, W]`` in x's memory format (see :mod:`.reference` for the definition)."""
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+    fmt = (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         else torch.contiguous_format
+    )
     xc = x.contiguous(memory_format=torch.channels_last)
     if not torch.is_grad_enabled():
         y = _dwconv(_dwconv(xc, w0, b0, 1), w1, b1, dilation)
