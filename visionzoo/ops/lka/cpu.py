@@ -45,10 +45,22 @@ def _geometry(w: torch.Tensor, dilation: int, size: tuple[int, int]):
     return (slice(r0, r1), slice(c0, c1)), (pw, pw, ph, ph)
 
 
+def _pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.pad(x, pad)`` as a new channels_last tensor, in one copy from any memory format (an NCHW map is
+    transposed and padded in one pass instead of two)."""
+    left, right, top, bottom = pad
+    n, c, h, w = x.shape
+    out = torch.empty(
+        (n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+    ).zero_()
+    out[:, :, top : top + h, left : left + w] = x
+    return out
+
+
 def _dwconv_padded(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dilation: int):
     """'Same' depthwise convolution as an explicit zero pad and a ``padding=0`` convolution: ``(y, padded x)``."""
     (rows, cols), pad = _geometry(w, dilation, x.shape[-2:])
-    xp = F.pad(x, pad)
+    xp = _pad(x, pad)
     return F.conv2d(xp, w[:, :, rows, cols], b, dilation=dilation, groups=x.shape[1]), xp
 
 
@@ -99,10 +111,13 @@ class _LKA(torch.autograd.Function):
     def backward(ctx, dy):
         xp, ap, w0, w1 = ctx.saved_tensors
         d = ctx.dilation
-        dy = dy.contiguous(memory_format=torch.channels_last)
         need = ctx.needs_input_grad
+        (rows, cols), pad = _geometry(w1, d, dy.shape[-2:])
+        dyp = _pad(dy, pad)  # one copy: channels_last and padded for da's convolution
+        dy = dyp[:, :, pad[2] : pad[2] + dy.shape[2], pad[0] : pad[0] + dy.shape[3]]
         dw1, db1 = _wgrad(dy, ap, w1, d, need[3], need[4] and ctx.has_bias[1])
-        da = _dwconv(dy, w1.flip(-1, -2), None, d) if any(need[:3]) else None
+        w1f = w1[:, :, rows, cols].flip(-1, -2)
+        da = F.conv2d(dyp, w1f, dilation=d, groups=dy.shape[1]) if any(need[:3]) else None
         dx = _dwconv(da, w0.flip(-1, -2), None, 1) if need[0] else None
         dw0, db0 = _wgrad(da, xp, w0, 1, need[1], need[2] and ctx.has_bias[0]) if any(need[1:3]) else (None, None)
         return dx, dw0, db0, dw1, db1, None
@@ -115,9 +130,8 @@ def lka_cpu(x, w0, b0, w1, b1, dilation):
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         else torch.contiguous_format
     )
-    xc = x.contiguous(memory_format=torch.channels_last)
-    if not torch.is_grad_enabled():
-        y = _dwconv(_dwconv(xc, w0, b0, 1), w1, b1, dilation)
+    if not torch.is_grad_enabled():  # the first pad also converts x to channels_last
+        y = _dwconv(_dwconv(x, w0, b0, 1), w1, b1, dilation)
     else:
-        y = _LKA.apply(xc, w0, b0, w1, b1, dilation)
+        y = _LKA.apply(x, w0, b0, w1, b1, dilation)
     return y.contiguous(memory_format=fmt)
