@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+import visionzoo
 from tests.models import _deploy as deploy
 from tests.models import create_tiny
 from visionzoo.blocks.halo_attn import HaloAttn2d
@@ -29,29 +30,29 @@ from visionzoo.ops.neighborhood.reference import na2d_padded
 REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit"]
-_FUSED = "the blocks call fused_eval's helpers (nn.Module-typed arguments) outside a static is_scripting branch"
-_NA = "calls na2d's front door (Python argument handling, backend dispatch)"
-_SEQ = "ops.partition's helpers (typing.Sequence arguments, fx_leaf wrappers)"
-_NWD = "Backbone's class annotation nwd_patterns: tuple[str, ...] (TorchScript cannot type an instance's tuple)"
-#: family -> why torch.jit.script raises (the first constructs TorchScript rejects, in model order)
+_NA_BLOCK = ("NeighborhoodAttn2d calls fused_eval.linear (nn.Module-typed arguments) and na2d's front door (Python "
+             "argument handling, backend dispatch) outside a static is_scripting branch")
+_PAD = "the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, an fx_leaf wrapper)"
+_AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
+_FOCUSED = ("FocusedLinearAttn reads a submodule (q) that exists only in some configurations; then linear_attn's "
+            "front door")
+#: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
 NO_SCRIPT = {
-    "nat": f"{_NWD}; {_FUSED}; {_NA}",
-    "nat_isotropic": f"{_NWD}; {_FUSED}; {_NA}",
-    "dinat_s": f"{_NWD}; {_FUSED}; {_NA}",
-    "biformer": f"{_NWD}; {_SEQ}; calls bra's front door (ops.routing)",
-    "van": f"{_NWD}; {_SEQ}; calls lka's front door (ops.lka)",
-    "litv2": f"{_NWD}; {_FUSED}; {_NA} (HiLo windows)",
-    "agent_deit": "AgentAttnCls builds its error message from tuple(size) (a list of unknown length); "
-                  "calls agent_attn's front door",
-    "agent_pvt": f"{_NWD}; AgentAttn's forward defines a nested function; calls agent_attn's front door",
-    "agent_swin": f"{_NWD}; AgentAttn's forward defines a nested function; calls agent_attn's front door",
-    "agent_cswin": f"{_NWD}; {_SEQ}; CSWin stripes call na2d's front door",
-    "flatten_pvt": f"{_NWD}; FocusedLinearAttn reads submodules that exist only in some configurations; "
-                   "calls linear_attn's front door",
-    "flatten_pvt_v2": f"{_NWD}; {_SEQ}; calls linear_attn's front door",
-    "flatten_swin": f"{_NWD}; FocusedLinearAttn reads submodules that exist only in some configurations; "
-                    "calls linear_attn's front door",
-    "flatten_cswin": f"{_NWD}; {_SEQ}; CSWin stripes call na2d's front door",
+    "nat": _NA_BLOCK,
+    "nat_isotropic": _NA_BLOCK,
+    "dinat_s": _NA_BLOCK,
+    "biformer": f"{_PAD}; then bra's front door (ops.routing)",
+    "van": f"{_PAD}; then lka's front door (ops.lka)",
+    "litv2": "torchvision's deform_conv2d is called with int stride / padding (TorchScript wants pairs); then "
+             "HiLo's windows through na2d's front door",
+    "agent_deit": "AgentAttnCls formats tuple(size) of a list (unknown length); then agent_attn's front door",
+    "agent_pvt": _AGENT,
+    "agent_swin": _AGENT,
+    "agent_cswin": f"{_PAD}; then CSWin stripes through na2d's front door",
+    "flatten_pvt": _FOCUSED,
+    "flatten_pvt_v2": f"{_PAD}; then linear_attn's front door",
+    "flatten_swin": _FOCUSED,
+    "flatten_cswin": f"{_PAD}; then CSWin stripes through na2d's front door",
 }
 #: a window-multiple map and one that is not (the attention pads and masks it)
 SIZES = [(64, 64), (72, 88)]
@@ -76,7 +77,7 @@ def _awake(model: nn.Module) -> nn.Module:
 
 def _check_scripted(name: str, sizes=SIZES, tiny: bool = True) -> None:
     torch.manual_seed(0)
-    model = _awake(create_tiny(name, num_classes=5) if tiny else __import__("visionzoo").create_model(name))
+    model = _awake(create_tiny(name, num_classes=5) if tiny else visionzoo.create_model(name))
     scripted = torch.jit.script(model.eval())
     g = torch.Generator().manual_seed(1)
     for hw in sizes:

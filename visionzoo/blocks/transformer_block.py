@@ -63,16 +63,21 @@ class TransformerBlock(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if self.attn is not None:
+            x = self._attn_residual(x)
+        if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
+            if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs, layer scale folded
+                return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x, getattr(self.ls2, "gamma", None))
+            if fused_eval.dwconv_mlp_applies(self, self.mlp, x):  # a BatchNorm pre-norm folds into fc1
+                bn = self.norm2 if fused_eval.bn_foldable(self.norm2) and isinstance(self.norm2, nn.BatchNorm2d) \
+                    else None
+                return fused_eval.dwconv_mlp_add(self, self.mlp, x if bn is not None else self.norm2(x), x,
+                                                 getattr(self.ls2, "gamma", None), pre_bn=bn)
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+    def _attn_residual(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
             # inference: VAN folds BN and layer scale into its GEMMs
             if hasattr(self.attn, "forward_bn_residual") and isinstance(self.norm1, nn.BatchNorm2d) \
                     and fused_eval.applies(self, x) and fused_eval.bn_foldable(self.norm1):
-                x = self.attn.forward_bn_residual(x, self.norm1, getattr(self.ls1, "gamma", None))
-            else:
-                x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs, layer scale folded
-            return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x, getattr(self.ls2, "gamma", None))
-        if fused_eval.dwconv_mlp_applies(self, self.mlp, x):  # a BatchNorm pre-norm folds into fc1
-            bn = self.norm2 if fused_eval.bn_foldable(self.norm2) and isinstance(self.norm2, nn.BatchNorm2d) else None
-            return fused_eval.dwconv_mlp_add(self, self.mlp, x if bn is not None else self.norm2(x), x,
-                                             getattr(self.ls2, "gamma", None), pre_bn=bn)
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+                return self.attn.forward_bn_residual(x, self.norm1, getattr(self.ls1, "gamma", None))
+        return x + self.drop_path(self.ls1(self.attn(self.norm1(x))))

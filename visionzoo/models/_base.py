@@ -37,8 +37,9 @@ class Backbone(nn.Module):
     # Subclasses set: ``stem``, ``stages`` (nn.Sequential), ``norm`` (final norm or head conv after the
     # last stage; Identity if none) and ``head``. (No class-level annotations: TorchScript reads them.)
     nhwc_stages: bool = False
-    #: parameter-name patterns excluded from weight decay (fnmatch, as timm's optimizer factory reads them)
-    nwd_patterns: tuple[str, ...] = ()
+    #: parameter-name patterns excluded from weight decay (fnmatch, as timm's optimizer factory reads them);
+    #: a tuple of str, unannotated: TorchScript cannot type an instance's ``tuple[str, ...]``
+    nwd_patterns = ()
 
     def _finish(self, in_chans: int, num_classes: int, stage_chs: Iterable[int], reductions: Iterable[int],
                 global_pool: str, num_features: int | None = None, stem_level: tuple[int, int] | None = None) -> None:
