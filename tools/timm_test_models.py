@@ -9,9 +9,9 @@ under ``--workdir``, adds ``tools/timm_models_conftest.py`` as the conftest (``t
 narrowed to the ``vz_*`` representatives of ``tests/models/_deploy.py``; timm's own filters and size
 limits apply as for timm models), runs pytest in one process and prints one row per family.
 
-TorchScript tests are counted apart: a failure there is *expected* for the families the README's Deploy
-section documents as not scripting (``tests/models/test_deploy.py`` ``SCRIPTS`` lists those that do)
-and a real failure for the others. ``KNOWN`` lists the other documented exclusions, with the reason;
+TorchScript tests are counted apart: a failure there is *expected* for the families documented as not
+scripting (``tests/models/test_torchscript.py`` ``NO_SCRIPT``, each with why; the README's Deploy
+section) and a real failure for the others. ``KNOWN`` lists the other documented exclusions, with the reason;
 they are reported apart too. The exit status is 1 when any other test failed.
 """
 from __future__ import annotations
@@ -64,20 +64,20 @@ def run(dest: Path, models: list[str], results: Path, pytest_args: list[str], ti
     return subprocess.run(cmd, cwd=dest, env=env, check=False).returncode
 
 
-def kind(family: str, test: str, outcome: str, scripts: set[str]) -> str:
+def kind(family: str, test: str, outcome: str, no_script: set[str]) -> str:
     """The summary column of one result."""
     if outcome != "failed":
         return outcome
-    if "torchscript" in test and family not in scripts:
+    if "torchscript" in test and family in no_script:
         return "ts_expected"
     return "documented" if (family, test) in KNOWN else "failed"
 
 
-def summarize(results: list[dict], family_of: dict[str, str], scripts: set[str]) -> int:
+def summarize(results: list[dict], family_of: dict[str, str], no_script: set[str]) -> int:
     counts, failures = defaultdict(Counter), []
     for r in results:
         fam = family_of[r["model"].split(".")[0]]
-        k = kind(fam, r["test"], r["outcome"], scripts)
+        k = kind(fam, r["test"], r["outcome"], no_script)
         counts[fam][k] += 1
         if k != "passed":
             failures.append((fam, r["model"], r["test"], k, r["reason"]))
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     from tests.models._deploy import representatives
-    from tests.models.test_deploy import SCRIPTS
+    from tests.models.test_torchscript import NO_SCRIPT
 
     reps = representatives()
     wanted = [f for f in args.families.split(",") if f] or list(reps)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pytest wrote no results ({results}): collection failed, see above", file=sys.stderr)
         return 2
     print(f"\ntimm {timm.__version__} tests/test_models.py, one model per family ({len(family_of)} families)")
-    return summarize(json.loads(results.read_text()), family_of, set(SCRIPTS))
+    return summarize(json.loads(results.read_text()), family_of, set(NO_SCRIPT))
 
 
 if __name__ == "__main__":
