@@ -144,6 +144,7 @@ std::vector<at::Tensor> dwconv_wgrad(const at::Tensor& dy, const at::Tensor& xpa
   const Map g{dy.data_ptr<float>(), dy.stride(0), dy.stride(2), dy.stride(3)};
   const Map x{xpad.data_ptr<float>(), xpad.stride(0), xpad.stride(2), xpad.stride(3)};
 
+  const RowTaps* table = kRowTaps[d <= kMaxD ? d : 0].data();
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       float* acc = pp + k * slots * cp;
@@ -156,8 +157,7 @@ std::vector<at::Tensor> dwconv_wgrad(const at::Tensor& dy, const at::Tensor& xpa
             const __mmask16 km = lanes(C - c);
             for (int64_t j0 = 0; j0 < kw; j0 += kTaps) {
               const int nt = (int)std::min<int64_t>(kTaps, kw - j0);
-              kRowTaps[d <= kMaxD ? d : 0][nt - 1](acc + (i * kw + j0) * cp + c, cp, xr + c + j0 * d * x.sw, dyr + c, x.sw, g.sw, W, d,
-                               km);
+              table[nt - 1](acc + (i * kw + j0) * cp + c, cp, xr + c + j0 * d * x.sw, dyr + c, x.sw, g.sw, W, d, km);
             }
             if (bias && i == 0) row_sum(acc + taps * cp + c, dyr + c, g.sw, W, km);
           }

@@ -1,20 +1,33 @@
 """CPU path of LKA: the same two depthwise convolutions, arranged so that oneDNN runs its fast kernels.
 
-Measured on this CPU (1 thread, VAN-b1 stage shapes, batch 8; ``benchmarks/bench_lka.py`` has the
-same-run ratios):
+Measured on this CPU (AVX-512, 1 thread, VAN-b1 stage shapes, batch 8; ``benchmarks/bench_lka.py`` has
+the same-run ratios):
 
 * oneDNN's depthwise convolution is several times slower when the convolution pads the map itself
   than on an explicitly zero-padded map with ``padding=0`` (the dilated 7x7 with padding 9: 46 ms vs
-  3 ms at 64 x 56 x 56; 7 ms vs 1 ms at 512 x 7 x 7). So both convolutions pad with ``F.pad`` first.
-* channels_last (NHWC) is the faster layout for both convolutions; an NCHW input is converted once
-  and the result converted back, so the output has the input's memory format, like the reference.
+  3 ms at 64 x 56 x 56; 7 ms vs 1 ms at 512 x 7 x 7). So both convolutions pad first, and the pad
+  (:func:`_pad`) also converts to channels_last (NHWC), the faster layout for both convolutions, in the
+  same copy; the result is converted back, so the output has the input's memory format, like the reference.
 * Kernel taps that can only read padding (a dilated 7x7 on a 7x7 map: the outer ring of taps) are
   dropped, and the padding shrinks with them: same result, fewer FLOPs on small maps.
 * Backward (eager, autograd on): ATen's depthwise backward pays the same padding penalty for the
   input gradient, so ``dx`` is computed as the forward convolution of ``dy`` with the flipped kernel
-  (a 'same' convolution is its own transpose up to the flip); the weight gradients use ATen's
-  ``convolution_backward`` (weight only) on the padded input, which is the slow part (oneDNN has no
-  fast depthwise weight-gradient kernel for this case): see the benchmark for the fwd+bwd / fwd ratio.
+  (a 'same' convolution is its own transpose up to the flip). The weight (and bias) gradients come from
+  visionzoo's AVX-512 kernel (:func:`visionzoo.ops._cpu.dwconv_wgrad`) on the padded maps the forward
+  saved: ATen's ``convolution_backward`` has no fast depthwise weight-gradient kernel (oneDNN's is not used
+  for this case); it was the slow part of the backward. Same-run minimum times (1 thread, batch 8, with the
+  bias gradient, host loaded), weight gradient of the dilated 7x7 / the 5x5, ATen vs the kernel, and the
+  forward convolutions (oneDNN) for scale: stage 1 (64 x 56 x 56) 40 / 19 ms vs 3.0 / 1.3 ms (forward
+  3.7 / 1.3 ms); stage 2 (128 x 28) 24 / 11 vs 2.1 / 0.8 (2.0 / 0.6); stage 3 (320 x 14) 15 / 5.1 vs
+  2.0 / 0.8 (1.7 / 0.6); stage 4 (512 x 7, 5x5 taps left of the 7x7) 12 / 4.1 vs 0.5 / 0.3 (0.5 / 0.3).
+  Where the kernels are unavailable (``VISIONZOO_CPU_EXT=0``, no AVX-512, no compiler:
+  :func:`visionzoo.ops._cpu.cpu_ext_unavailable`) or the dtype is not float32, ATen's
+  ``convolution_backward`` (weight only) runs instead.
+* ``benchmarks/bench_lka.py --threads 1`` (2026-12-05, 0 of 9 rounds quiet on the shared host): fwd+bwd /
+  fwd = 2.8 / 3.2 / 3.3 / 3.5 at stages 1-4 (was 7.5-8.8 with ATen's weight gradients; the reference's
+  own ratio 5.3 / 5.4 / 3.8 / 3.5), forward 3.4-5.0x the reference. What is left of the backward is
+  oneDNN's two input-gradient convolutions (as costly as the forward's), the kernel's two passes and the
+  copies an NCHW caller implies (the output to NCHW, ``dy`` to channels_last).
 
 Under ``torch.compile`` / ``torch.export`` this path runs as the custom op ``visionzoo::lka_cpu``; under
 ``torch.jit`` the reference runs instead (the rule lives in :mod:`visionzoo.ops._backend`).
