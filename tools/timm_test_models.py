@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "timm_tests",
                     help="where the timm sdist tests are unpacked (default: build/timm_tests)")
     ap.add_argument("--timeout", type=int, default=900,
-                    help="per-test timeout in seconds (timm's TIMEOUT; its own 120-360 s assume fast runners)")
+                    help="timm's TIMEOUT (s) for the tests that read it (its 120-360 s defaults assume fast runners)")
     ap.add_argument("--pretrained", action="store_true", help="also run timm's weight-download tests")
     ap.add_argument("-k", default="", help="pytest -k expression (a subset of timm's tests)")
     args = ap.parse_args(argv)
