@@ -306,6 +306,14 @@ SOURCES: dict[str, tuple[Source, ...]] = {
             ("agent_swin_small_288", "09760394e93b4046a25e", 84.1),
             ("agent_swin_base", "4fcd2d0114bb490483c3", 84.0),
             ("agent_swin_base_384", "bb84ee9058954706a557", 84.9),
+            ("agent_deit_tiny", "57e0904221824ee7b7af", 74.9),
+            ("agent_deit_small", "fdd43304372541db8ea7", 80.5),
+            ("agent_deit_small_448", "a228f86241c445f1969b", 83.1),
+            ("agent_deit_base", "5115f15fdd7e4ab58fbc", 82.0),
+            ("agent_cswin_tiny", "8c562a74441e46d5902b", 83.1),
+            ("agent_cswin_small", "30eb8af675bc4b7a8747", 83.9),
+            ("agent_cswin_base", "c8035b0839b2410c8c9f", 84.7),
+            ("agent_cswin_base_384", "1239be0df44b47719432", 85.8),
         ]
     },
     **{
@@ -317,6 +325,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
             ("flatten_swin_small", "94188e52af354bf4a88b", 83.5),
             ("flatten_swin_base", "7a9e5186bad04e7fb3a9", 83.8),
             ("flatten_swin_base_384", "0d0330cf2e5249f1abb6", 85.0),
+            ("flatten_cswin_tiny", "48ba765ba8b0451d9d5a", 83.1),
         ]
     },
 }
