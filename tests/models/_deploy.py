@@ -134,3 +134,91 @@ def timm_feature_cls(name: str, feature_cls: str) -> float:
     for t, c in zip(got, plain.feature_info.channels(), strict=True):
         assert t.shape[1] == c, f"{feature_cls}: {tuple(t.shape)} is not NCHW with {c} channels"
     return _diff(got, want)
+
+
+# --- measured results and the README's support table -------------------------------------------------------------
+
+#: README columns: (heading, paths shown in the cell); a cell with two paths reads "first (dynamic: second)"
+COLUMNS = (
+    ("export, dyn. batch", ("export_eval",)),
+    ("export, dyn. H, W", ("export_spatial",)),
+    ("export, train", ("export_train",)),
+    ("ONNX + ort", ("onnx",)),
+    ("jit.trace", ("trace",)),
+    ("compile, train", ("compile", "compile_dynamic")),
+    ("FX features", ("fx",)),
+    ("timm hook / fx", ("hook", "timm_fx")),
+)
+RESULTS_ENV = "VISIONZOO_DEPLOY_RESULTS"
+
+
+def describe(error: BaseException) -> str:
+    """An exception in one line (type and the first line of its message)."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def record(family: str, name: str, path: str, seconds: float, diff: float | None = None,
+           error: str | None = None) -> None:
+    """Append one measurement to the JSON-lines file named by ``$VISIONZOO_DEPLOY_RESULTS`` (nothing if unset)."""
+    import json
+    import os
+    target = os.environ.get(RESULTS_ENV)
+    if target:
+        row = {"family": family, "model": name, "path": path, "seconds": round(seconds, 1), "diff": diff,
+               "error": error}
+        with open(target, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _number(diff: float) -> str:
+    return "0" if diff == 0 else f"{diff:.1e}"
+
+
+def table(rows: list[dict]) -> str:
+    """The README's support table (markdown) and its footnotes from :func:`record`'s rows; the last row of a
+    (family, path) wins. Failures get a numbered footnote with their reason; "·": not measured."""
+    latest = {(r["family"], r["path"]): r for r in rows}
+    models = {**representatives(), **{r["family"]: r["model"] for r in rows}}
+    notes: list[str] = []
+
+    def cell(family: str, path: str) -> str | None:
+        r = latest.get((family, path))
+        if r is None:
+            return None
+        if r["error"] is not None:
+            if r["error"] not in notes:
+                notes.append(r["error"])
+            return f"fails [{notes.index(r['error']) + 1}]"
+        if path in ("hook", "timm_fx") and r["diff"] == 0:
+            return "ok"
+        return _number(r["diff"])
+
+    lines = ["| family (model) | " + " | ".join(h for h, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for family in sorted(models):
+        cells = []
+        for _, paths in COLUMNS:
+            got = [cell(family, p) for p in paths]
+            if len(paths) == 2 and paths[1] == "compile_dynamic":
+                text = got[0] or "·"
+                cells.append(text if got[1] is None else f"{text} (dynamic: {got[1]})")
+            else:
+                shown = [g for g in got if g is not None]
+                cells.append(" / ".join(dict.fromkeys(shown)) if shown else "·")
+        lines.append(f"| {family} ({models[family]}) | " + " | ".join(cells) + " |")
+    lines += [""] + [f"[{i}] {reason}" for i, reason in enumerate(notes, 1)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    parser = argparse.ArgumentParser(description="Print the README's deploy support table from measured results.")
+    parser.add_argument("--table", required=True, metavar="FILE", help=f"JSON lines written with ${RESULTS_ENV}")
+    args = parser.parse_args(argv)
+    with open(args.table) as f:
+        print(table([json.loads(line) for line in f if line.strip()]))
+
+
+if __name__ == "__main__":
+    main()

@@ -43,8 +43,14 @@ __all__ = ["CrossShapedWindowAttn", "FocusedLinearAttnLePE", "stripe_attention",
 
 def stripes(height: int, width: int, split_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """The two stripe windows on an ``height x width`` map: vertical ``(H, sw)`` and horizontal ``(sw, W)``, the
-    split clamped to the map."""
-    return (height, min(split_size, width)), (min(split_size, height), width)
+    split clamped to the map (``torch.sym_min``: symbolic sizes of ``torch.export`` / ``torch.compile`` with
+    dynamic H, W stay symbolic, no guard)."""
+    return (height, torch.sym_min(split_size, width)), (torch.sym_min(split_size, height), width)
+
+
+def _static(*sizes) -> bool:
+    """Every size is a plain int (not a ``SymInt`` of ``torch.export`` / ``torch.compile`` with dynamic dims)."""
+    return all(isinstance(n, int) for n in sizes)
 
 
 def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -56,6 +62,8 @@ def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     wh, ww = window
     k = weight.shape[-1]
     p = k // 2
+    if not _static(H, W, wh, ww):
+        return _windowed_dwconv_taps(x, weight, bias, window)
     nchw = x.permute(0, 3, 1, 2)
     if (wh, ww) == (H, W):  # one window: the plain convolution
         return F.conv2d(nchw, weight, bias, padding=p, groups=c).permute(0, 2, 3, 1)
@@ -70,6 +78,28 @@ def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     win = win.reshape(B * n, wh, ww, c).permute(0, 3, 1, 2)
     out = F.conv2d(win, weight, bias, padding=p, groups=c).permute(0, 2, 3, 1).reshape(B, n, wh * ww, c)
     return crop(from_windows(out, (wh, ww), (hp, wp)), (H, W))
+
+
+def _windowed_dwconv_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          window: tuple[int, int]) -> torch.Tensor:
+    """:func:`windowed_dwconv` for symbolic sizes (``torch.export`` / ``torch.compile`` with dynamic H, W): a sum
+    over the ``k x k`` taps of the shifted map, each masked where the tap leaves its window or the map. No
+    window partition, whose reshapes and crop would guard on (and specialize) the number of windows."""
+    B, H, W, c = x.shape
+    (wh, ww), k = window, weight.shape[-1]
+    p = k // 2
+    xp = F.pad(x, (0, 0, p, p, p, p))
+    rows, cols = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    out = x.new_zeros(B, H, W, c) if bias is None else bias.expand(B, H, W, c)
+    for dy in range(k):
+        r = rows + (dy - p)
+        keep_r = (r >= 0) & (r < H) & (r.div(wh, rounding_mode="floor") == rows.div(wh, rounding_mode="floor"))
+        for dx in range(k):
+            q = cols + (dx - p)
+            keep_c = (q >= 0) & (q < W) & (q.div(ww, rounding_mode="floor") == cols.div(ww, rounding_mode="floor"))
+            keep = (keep_r[:, None] & keep_c[None, :]).to(x.dtype)[None, :, :, None]
+            out = out + xp[:, dy:dy + H, dx:dx + W] * keep * weight[:, 0, dy, dx]
+    return out
 
 
 #: the longest window the cpu fast path takes (its ``[windows, heads, L, L]`` scores are materialised)
@@ -121,8 +151,9 @@ def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     B, H, W, heads, _ = q.shape
     if out is None:
         out = q.new_empty(B, H, W, heads, v.shape[-1])
-    whole = H % window[0] == 0 and W % window[1] == 0 and window[0] * window[1] <= FAST_MAX_TOKENS
-    if whole and q.device.type == "cpu" and _backend.tracing() is None:
+    # eager only: under export / compile the sizes may be symbolic, and divisibility would guard on them
+    if q.device.type == "cpu" and _backend.tracing() is None and H % window[0] == 0 and W % window[1] == 0 \
+            and window[0] * window[1] <= FAST_MAX_TOKENS:
         _, name = _backend.resolve("na2d", q, k, v, backend=backend, kernel_size=window, dilation=(1, 1),
                                    stride=window)
         if name == "cpu":
@@ -135,7 +166,10 @@ def _lepe_kernel_mask(windows, height: int, width: int, c: int) -> torch.Tensor 
     """Where every branch's window spans the map or is 1 wide along an axis, the per-window LePE is one 3x3
     depthwise conv over the whole map whose kernel keeps only the taps inside a window: ``[nb * c, 1, 3, 3]``
     mask (1 wide along W: the middle column, along H: the middle row). None where a window cuts an axis
-    elsewhere (stripes wider than 1 on a longer map)."""
+    elsewhere (stripes wider than 1 on a longer map), and for symbolic sizes (each window then convolves apart:
+    the same result for every size, no guard on the sizes)."""
+    if not _static(height, width, *(n for w in windows for n in w)):
+        return None
     masks = []
     for wh, ww in windows:
         if wh not in (1, height) or ww not in (1, width):

@@ -35,8 +35,12 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 
 def effective_dilation(size: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
-    """Per-axis dilation used on a map of ``size``: ``max(1, min(dilation, n // kernel_size))``."""
-    return tuple(max(1, min(d, n // k)) for n, k, d in zip(size, kernel_size, dilation))
+    """Per-axis dilation used on a map of ``size``: ``max(1, min(dilation, n // kernel_size))``.
+
+    Symbolic sizes (``torch.export`` / ``torch.compile`` with dynamic H, W) give a symbolic dilation
+    (``torch.sym_min`` / ``sym_max``: no guard on the size), which ``na2d`` takes as it is."""
+    return tuple(d if d == 1 else torch.sym_max(1, torch.sym_min(d, n // k))
+                 for n, k, d in zip(size, kernel_size, dilation))
 
 
 @register_notrace_module  # a leaf for timm's FX feature extraction: its size-dependent dilation is Python

@@ -34,19 +34,29 @@ _backend.register_op(
         "triton": "visionzoo.ops.neighborhood.triton:na2d_triton",
     },
     checks={"triton": triton_attention_can_run},
-    schema="(Tensor q, Tensor k, Tensor v, int[] kernel_size, int[] dilation, int[] stride, Tensor? rpb, "
+    # SymInt geometry: under torch.export / torch.compile with dynamic H, W a dilation clamped to the map (NAT)
+    # or derived from it (MaxViT's grid), and a window spanning it (CSWin's last stage), are symbolic
+    schema="(Tensor q, Tensor k, Tensor v, SymInt[] kernel_size, SymInt[] dilation, SymInt[] stride, Tensor? rpb, "
            "float scale, SymInt[]? valid)",
     diff=(0, 1, 2, 6),
     fake=lambda q, k, v, *_: v.new_empty(v.shape),
 )
 
 
+def _is_int(x) -> bool:
+    """A plain int or a symbolic one (a ``SymInt`` of ``torch.export`` / ``torch.compile`` with dynamic dims)."""
+    return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
+
+
 def _pair(value: int | Sequence[int], name: str, ndim: int) -> tuple[int, ...]:
-    vals = (value,) * ndim if isinstance(value, int) else tuple(value)
-    if len(vals) != ndim or not all(isinstance(x, int) and not isinstance(x, bool) for x in vals):
+    vals = (value,) * ndim if _is_int(value) else tuple(value)
+    if len(vals) != ndim or not all(_is_int(x) for x in vals):
         raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
-    if any(x < 1 for x in vals):
-        raise ValueError(f"{name} must be >= 1 on every axis, got {value!r}")
+    for x in vals:
+        if isinstance(x, torch.SymInt):  # proved from the value ranges, else a runtime assertion of the program
+            torch._check(x >= 1, lambda: f"{name} must be >= 1 on every axis, got {value!r}")
+        elif x < 1:
+            raise ValueError(f"{name} must be >= 1 on every axis, got {value!r}")
     return vals
 
 
@@ -124,14 +134,40 @@ def _layout(size, valid, shift, pad, kernel_size, dilation, stride) -> _Layout:
     if static and lo == (0,) * len(size) and hi == padded:
         return _Layout(before, padded, None)  # nothing to mask (symbolic sizes: always masked, same result)
     for ax, (n, a, b, kk, d, st) in enumerate(zip(padded, lo, hi, kernel_size, dilation, stride)):
-        if not static and valid is None and st == kk and d == 1:
-            continue  # whole windows padded by less than a window on each side: every window holds a real key
-        if not _axis_padding_ok(n, a, b, kk, d, st):
-            raise ValueError(
-                f"valid {tuple(real)}: on axis {ax} some windows (kernel {kk}, dilation {d}, stride {st}) of the "
-                f"{n}-long padded map hold only padding; pad by less (e.g. to the next multiple of the window), "
-                f"or use a dilation no larger than the map")
+        message = (f"valid {tuple(real)}: on axis {ax} some windows (kernel {kk}, dilation {d}, stride {st}) of the "
+                   f"{n}-long padded map hold only padding; pad by less (e.g. to the next multiple of the window), "
+                   f"or use a dilation no larger than the map")
+        if static and _static(a, kk, d, st):
+            if not _axis_padding_ok(n, a, b, kk, d, st):
+                raise ValueError(message)
+        elif valid is None and st == kk:  # symbolic sizes: CSWin's whole-map windows are the same SymInt
+            _check_whole_windows(n, a, b, kk, d, message)
+        else:
+            raise ValueError(f"na2d: a padded map with stride {tuple(stride)} < kernel_size {tuple(kernel_size)} "
+                             f"(or an explicit valid region) needs static sizes, got the symbolic size {n} on axis "
+                             f"{ax}; export with static H, W (or pad with whole windows: stride == kernel_size)")
     return _Layout(before, padded, lo + hi)
+
+
+def _check_whole_windows(n, lo, hi, kernel, dilation, message: str) -> None:
+    """:func:`_axis_padding_ok` for whole windows (``stride == kernel``) and symbolic sizes, in closed form.
+
+    The padded axis is ``m = n / (kernel * dilation)`` windows per dilation group; a window's keys are the
+    progression ``(w * kernel + j) * dilation + g``, ``j < kernel``. With ``lo == 0`` every window holds a real
+    key iff the latest window start, ``(m - 1) * kernel * dilation + dilation - 1``, is below ``hi``; with
+    ``lo > 0`` (shifted windows, dilation 1) also the earliest window end, ``(kernel - 1) * dilation``, must
+    reach ``lo``. Checked with ``torch._check``: proved from the value ranges, else a runtime assertion of the
+    exported program (or a guard of the compiled graph), never a specialization of the size."""
+    m = n // (kernel * dilation)
+    _require((m - 1) * kernel * dilation + dilation - 1 < hi, message)
+    _require((kernel - 1) * dilation >= lo, message)
+
+
+def _require(ok, message: str) -> None:
+    if isinstance(ok, torch.SymBool):
+        torch._check(ok, lambda: message)
+    elif not ok:
+        raise ValueError(message)
 
 
 def _static(*sizes) -> bool:
@@ -199,7 +235,15 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | S
         q, k, v = _pad(q, layout), _pad(k, layout), _pad(v, layout)
     out = fn(q, k, v, ks, dil, st, rpb, scale) if layout.region is None else fn(
         q, k, v, ks, dil, st, rpb, scale, layout.region)
-    return out if same else crop(out, size, start=layout.before)
+    if same:
+        return out
+    if _static(*layout.size, *size):
+        return crop(out, size, start=layout.before)
+    # symbolic sizes: a gathered copy. A slice's view computes its contiguity, comparing the padded and the
+    # real size: a guard that specializes them (the program then refuses every size whose padding differs)
+    for ax, (b, n) in enumerate(zip(layout.before, size)):
+        out = out.index_select(1 + ax, torch.arange(b, b + n, device=out.device))
+    return out
 
 
 @_backend.fx_leaf
