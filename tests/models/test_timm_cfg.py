@@ -9,10 +9,7 @@ import torch
 import visionzoo
 from visionzoo.models._registry import MODELS
 
-#: known wrong cfgs, each failing strictly until fixed
-KNOWN = {"halonet_h7": "pool_size (18, 18) = 600 // 32, but the model rounds the 18.75 map up to 19 x 19"}
-NAMES = [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=True)) if n in KNOWN else n
-         for n in visionzoo.list_models()]
+NAMES = visionzoo.list_models()  # halonet_h7 (600 px, a 18.75 map rounded up to 19) found the ceil in pool_size
 
 
 @pytest.mark.parametrize("name", NAMES)

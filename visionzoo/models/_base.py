@@ -267,12 +267,12 @@ def pretrained_cfg(*, paper: tuple[str, str], origin_url: str, first_conv: str, 
     Args:
         paper: ``(paper name, paper id)``.
         load: what loads with ``create_model(name, checkpoint_path=...)`` (e.g. "the official checkpoint").
-        size: square input size; ``reduction``: the last stage's stride (pool size ``size // reduction``).
+        size: square input size; ``reduction``: the last stage's stride (pool size ``ceil(size / reduction)``: the stages pad odd maps).
         extra: any other timm pretrained-cfg field (``crop_mode``, ``notes`` replaces the default note).
     """
     notes = (f"Weights are not hosted by visionzoo; load {load} with create_model(name, checkpoint_path=...).",)
     return dict(dict(
-        num_classes=1000, input_size=(3, size, size), pool_size=(size // reduction,) * 2, crop_pct=crop_pct,
+        num_classes=1000, input_size=(3, size, size), pool_size=(-(-size // reduction),) * 2, crop_pct=crop_pct,
         interpolation=interpolation, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv=first_conv,
         classifier=classifier, license=license, paper_name=paper[0], paper_ids=paper[1], origin_url=origin_url,
         notes=notes), **extra)
