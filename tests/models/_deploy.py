@@ -88,6 +88,7 @@ def jit_trace(name: str) -> float:
 
 def compile_train(name: str, backend: str = "aot_eager", dynamic: bool | None = None) -> float:
     """``torch.compile(fullgraph=True)`` in train mode at two input shapes: outputs and every gradient."""
+    torch._dynamo.reset()  # one process compiles many models: their shared blocks would hit the recompile limit
     model, ref = _model(name, train=True), _model(name, train=True)
     compiled = torch.compile(model, fullgraph=True, backend=backend, dynamic=dynamic)
     worst = 0.0

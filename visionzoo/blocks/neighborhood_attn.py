@@ -38,7 +38,9 @@ def effective_dilation(size: Sequence[int], kernel_size: Sequence[int], dilation
     """Per-axis dilation used on a map of ``size``: ``max(1, min(dilation, n // kernel_size))``.
 
     Symbolic sizes (``torch.export`` / ``torch.compile`` with dynamic H, W) give a symbolic dilation
-    (``torch.sym_min`` / ``sym_max``: no guard on the size), which ``na2d`` takes as it is."""
+    (``torch.sym_min`` / ``sym_max``: no guard on the size), which ``na2d`` takes as it is. Under
+    ``torch.jit.trace`` sizes are traced tensors: the trace keeps this map's dilation."""
+    size = [int(n) if isinstance(n, torch.Tensor) else n for n in size]
     return tuple(d if d == 1 else torch.sym_max(1, torch.sym_min(d, n // k))
                  for n, k, d in zip(size, kernel_size, dilation))
 
