@@ -130,6 +130,10 @@ def opaque_op(
 
     torch._decomp.register_decomposition(overload)(decomposition)
     _DECOMPOSITIONS[overload] = decomposition
+    # FakeTensor prefers a registered decomposition over the fake kernel for symbolic sizes unless the op has a
+    # Python meta: without this entry every export / compile with dynamic dims ran the reference on fake tensors
+    # (minutes of symbolic algebra per model instead of the fake kernel's one empty tensor)
+    torch._decomp.meta_table[overload] = lambda *args, **kwargs: fake(*args, **kwargs).contiguous()
 
     def call(*args):
         return fwd(*args, *[None] * (n_args - len(args)))
