@@ -32,7 +32,8 @@ REPS = deploy.representatives()
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit"]
 _NA_BLOCK = ("NeighborhoodAttn2d calls fused_eval.linear (nn.Module-typed arguments) and na2d's front door (Python "
              "argument handling, backend dispatch) outside a static is_scripting branch")
-_PAD = "the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, an fx_leaf wrapper)"
+_PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
+        "an fx_leaf wrapper)")
 _AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
 _FOCUSED = ("FocusedLinearAttn reads a submodule (q) that exists only in some configurations; then linear_attn's "
             "front door")

@@ -267,7 +267,8 @@ def pretrained_cfg(*, paper: tuple[str, str], origin_url: str, first_conv: str, 
     Args:
         paper: ``(paper name, paper id)``.
         load: what loads with ``create_model(name, checkpoint_path=...)`` (e.g. "the official checkpoint").
-        size: square input size; ``reduction``: the last stage's stride (pool size ``ceil(size / reduction)``: the stages pad odd maps).
+        size: square input size; ``reduction``: the last stage's stride (pool size ``ceil(size / reduction)``:
+            the stages pad odd maps).
         extra: any other timm pretrained-cfg field (``crop_mode``, ``notes`` replaces the default note).
     """
     notes = (f"Weights are not hosted by visionzoo; load {load} with create_model(name, checkpoint_path=...).",)
