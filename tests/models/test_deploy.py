@@ -11,7 +11,12 @@ the fast paths, and Inductor (C++ compiles take minutes per model on a 2-core ho
 
 ``KNOWN`` lists the (family, path) pairs that do not work yet, each with its reason; they run as strict
 xfails, so a fix shows up as an unexpected pass.
+
+With ``VISIONZOO_DEPLOY_RESULTS=FILE`` every run appends its measured max |diff| (or failure) to ``FILE`` (JSON
+lines); ``python -m tests.models._deploy --table FILE`` prints the README's support table from it.
 """
+import time
+
 import pytest
 import torch
 
@@ -42,21 +47,27 @@ PATHS = {
 #: the largest |diff| accepted per path (ONNX: the issue's 1e-4; compile compares gradients too)
 TOL = {"onnx": 1e-4, "compile": 1e-4, "compile_dynamic": 1e-4, "inductor": 1e-3, "inductor_dynamic": 1e-3}
 
-_NA_SYMINT = "na2d's front door takes Python ints only: a symbolic size there (dynamic H, W) is refused (ops, H3)"
+_REFUSES = ("exported at 128 x 128 with dynamic H, W, the program refuses 96 x 80 with a guard error (a clear "
+            "constraint, not a wrong result); export these with a fixed size and a dynamic batch")
 KNOWN: dict[tuple[str, str], str] = {
-    ("maxvit", "export_spatial"): _NA_SYMINT + "; the grid partition's dilation is ceil(H / window)",
-    ("nat", "export_spatial"): _NA_SYMINT + "; the dilation is clamped to the map size",
+    ("biformer", "export_spatial"): "BiFormer's routing regions (ceil(n / n_win) per axis) are the routing sum-pool's "
+                                    "static kernel size, so the export specializes them: " + _REFUSES,
+    ("halonet", "export_spatial"): "halo attention's block geometry keeps a guard relating the map width to the "
+                                   "block size: " + _REFUSES,
 }
 
 
 def _run(family: str, name: str, path: str) -> None:
     reason = KNOWN.get((family, path))
+    start = time.perf_counter()
     try:
         diff = PATHS[path](name)
-    except Exception:
+    except Exception as e:
+        deploy.record(family, name, path, time.perf_counter() - start, error=reason or deploy.describe(e))
         if reason is not None:
             pytest.xfail(reason)
         raise
+    deploy.record(family, name, path, time.perf_counter() - start, diff=diff)
     assert reason is None, f"{family} / {path} now works: remove it from KNOWN ({reason})"
     assert diff <= TOL.get(path, 1e-5), f"{name} {path}: max |diff| {diff:.2e}"
 
@@ -151,3 +162,55 @@ def test_readme_deploy_example_runs(tmp_path, monkeypatch):
 @pytest.mark.extended
 def test_readme_deploy_example_runs_verbatim(tmp_path, monkeypatch):
     _run_readme_deploy(tmp_path, monkeypatch)
+
+
+def _dilated_na():
+    from visionzoo.blocks.neighborhood_attn import NeighborhoodAttn2d
+    return NeighborhoodAttn2d(8, 2, 3, dilation=3)
+
+
+def _grid():
+    from visionzoo.blocks.multi_axis_attn import PartitionAttn2d
+    return PartitionAttn2d(8, 4, "grid", 4)
+
+
+def _stripes():
+    from visionzoo.blocks.cswin_attn import CrossShapedWindowAttn
+    return CrossShapedWindowAttn(8, 2, split_size=3)
+
+
+#: the size-dependent geometry of each block, exported at 12 x 10 with dynamic H, W: NAT's dilation clamped to
+#: ``size // kernel`` (3 at 12, 2 at 7, 1 at 4), MaxViT's grid dilation ``ceil(size / 4)`` (and its padding to
+#: whole windows), CSWin's stripes clamped to the map and padded to whole stripes (1 to 4 stripes)
+SIZE_BLOCKS = {"nat_dilation": _dilated_na, "maxvit_grid": _grid, "cswin_stripes": _stripes}
+SIZES = [(12, 10), (7, 5), (4, 3), (2, 2), (17, 13), (5, 16)]
+
+
+@pytest.mark.parametrize("block", SIZE_BLOCKS)
+def test_export_dynamic_size_follows_the_geometry(block):
+    """The blocks whose geometry follows the map size export with symbolic H, W (no specialization: the
+    program runs at every size) and equal eager where the clamp / ceil takes other values than at the
+    example size; so does the program decomposed to plain ATen ops (what the ONNX exporter gets)."""
+    from visionzoo.ops import _custom_op
+    torch.manual_seed(0)
+    model = SIZE_BLOCKS[block]().eval()
+    dyn = torch.export.Dim.DYNAMIC
+    ep = torch.export.export(model, (torch.randn(2, 12, 10, 8),), dynamic_shapes=({0: dyn, 1: dyn, 2: dyn},))
+    plain = ep.run_decompositions(_custom_op.decompositions())
+    assert not any(str(n.target).startswith("visionzoo.") for n in plain.graph.nodes)
+    with torch.no_grad():
+        for h, w in SIZES:
+            x = torch.randn(3, h, w, 8)
+            torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-5, atol=1e-5, msg=f"{h} x {w}")
+            torch.testing.assert_close(plain.module()(x), model(x), rtol=1e-5, atol=1e-5, msg=f"{h} x {w}")
+
+
+def test_jit_trace_clamped_dilation():
+    """torch.jit.trace of a dilated NAT layer on a map where the clamp binds (traced sizes are tensors: the trace
+    keeps that map's dilation)."""
+    torch.manual_seed(0)
+    model = _dilated_na().eval()
+    x = torch.randn(2, 7, 5, 8)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (x,), check_trace=False)
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
