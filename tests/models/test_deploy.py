@@ -52,6 +52,9 @@ _REFUSES = ("exported at 128 x 128 with dynamic H, W, the program refuses 96 x 8
 KNOWN: dict[tuple[str, str], str] = {
     ("biformer", "export_spatial"): "BiFormer's routing regions (ceil(n / n_win) per axis) are the routing sum-pool's "
                                     "static kernel size, so the export specializes them: " + _REFUSES,
+    ("flatten_swin", "export_spatial"): "Swin's shift rule (shift only where min(H, W) > window, the official rule) "
+                                        "is a branch on each stage's map size, which the export specializes (at 96 x "
+                                        "80 the third stage is 6 x 5, unshifted): " + _REFUSES,
     ("halonet", "export_spatial"): "halo attention's block geometry keeps a guard relating the map width to the "
                                    "block size: " + _REFUSES,
 }
