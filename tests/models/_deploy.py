@@ -190,7 +190,8 @@ def table(rows: list[dict]) -> str:
         if r["error"] is not None:
             if r["error"] not in notes:
                 notes.append(r["error"])
-            return f"fails [{notes.index(r['error']) + 1}]"
+            word = "not run" if r["error"].startswith("not measured") else "fails"
+            return f"{word} [{notes.index(r['error']) + 1}]"
         if path in ("hook", "timm_fx") and r["diff"] == 0:
             return "ok"
         return _number(r["diff"])
