@@ -111,19 +111,7 @@ def test_every_model_deploys(family, name, path):
     _run(family, name, path)
 
 
-#: families that torch.jit.script (the README's Deploy section says why the others do not)
-SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2"]
-
-
-@pytest.mark.parametrize("family", SCRIPTS)
-def test_torchscript(family):
-    """TorchScript compiles the plain modules (the fused inference path is a static
-    ``if not torch.jit.is_scripting()`` branch); eager inference takes the fused path: same outputs."""
-    model = deploy._model(REPS[family])
-    scripted = torch.jit.script(model)
-    (x,) = deploy._inputs(deploy.X1)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-4)
+# torch.jit.script: tests/models/test_torchscript.py
 
 
 def test_representatives_cover_every_family():
