@@ -1,13 +1,13 @@
 """``torch.jit.script`` (issue 21 A): the families whose timm counterparts script (attention ResNets,
-SHViT, HaloNet, MaxViT; and ECA-MobileNetV2) compile and match eager, in eval and train mode, on maps
-that are and are not multiples of the attention windows; the others raise (``NO_SCRIPT`` says why), so
-the README's list cannot drift.
+SHViT, HaloNet, MaxViT), ECA-MobileNetV2 and NAT / DiNAT compile and match eager, in eval and train mode,
+on maps that are and are not multiples of the attention windows; the others raise (``NO_SCRIPT`` says
+why), so the README's list cannot drift.
 
 Scripted models compile the plain modules only: the fused eval path is a static
 ``if not torch.jit.is_scripting()`` branch, and the attention blocks call the ops' TorchScript-compatible
-references (``halo_padded``, ``na2d_padded``: the front doors' pad / mask / crop) instead of the front
-doors (Python argument handling and backend dispatch). Eager inference still takes the fused path and
-the cpu backends: outputs agree to float rounding.
+references (``halo_padded``, ``na2d_padded``: the front doors' pad / mask / crop; ``na2d_reference``)
+instead of the front doors (Python argument handling and backend dispatch). Eager inference still takes
+the fused path and the cpu backends: outputs agree to float rounding.
 """
 import subprocess
 import sys
@@ -21,6 +21,7 @@ from tests.models import _deploy as deploy
 from tests.models import create_tiny
 from visionzoo.blocks.halo_attn import HaloAttn2d
 from visionzoo.blocks.multi_axis_attn import PartitionAttn2d
+from visionzoo.blocks.neighborhood_attn import NeighborhoodAttn2d
 from visionzoo.models._registry import MODELS
 from visionzoo.ops.halo import halo_attn
 from visionzoo.ops.halo.reference import halo_padded
@@ -29,9 +30,7 @@ from visionzoo.ops.neighborhood.reference import na2d_padded
 
 REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
-SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit"]
-_NA_BLOCK = ("NeighborhoodAttn2d calls fused_eval.linear (nn.Module-typed arguments) and na2d's front door (Python "
-             "argument handling, backend dispatch) outside a static is_scripting branch")
+SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s"]
 _PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
         "an fx_leaf wrapper)")
 _AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
@@ -39,9 +38,6 @@ _FOCUSED = ("FocusedLinearAttn reads a submodule (q) that exists only in some co
             "front door")
 #: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
 NO_SCRIPT = {
-    "nat": _NA_BLOCK,
-    "nat_isotropic": _NA_BLOCK,
-    "dinat_s": _NA_BLOCK,
     "biformer": f"{_PAD}; then bra's front door (ops.routing)",
     "van": f"{_PAD}; then lka's front door (ops.lka)",
     "litv2": "torchvision's deform_conv2d is called with int stride / padding (TorchScript wants pairs); then "
@@ -127,6 +123,19 @@ def test_partition_attention_scripts(partition, hw):
     attn = PartitionAttn2d(32, 8, partition, 4).eval()
     scripted = torch.jit.script(attn)
     x = torch.randn(2, *hw, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9), (3, 13), (2, 2), (19, 11)])
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (3, (4, 2)), ((3, 5), 3)])
+def test_neighborhood_attention_scripts(kernel, dilation, hw):
+    """NAT / DiNAT's attention: the per-axis dilation clamped to the map (maps smaller than the kernel,
+    than ``kernel * dilation``, and not multiples of the dilation), rectangular windows."""
+    torch.manual_seed(0)
+    attn = NeighborhoodAttn2d(16, 2, kernel, dilation).eval()
+    scripted = torch.jit.script(attn)
+    x = torch.randn(2, *hw, 16)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
 

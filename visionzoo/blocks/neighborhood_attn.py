@@ -22,6 +22,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 
 from ..ops.neighborhood import na2d
+from ..ops.neighborhood.reference import na2d_reference
 from . import fused_eval
 
 __all__ = ["NeighborhoodAttn2d", "effective_dilation"]
@@ -100,11 +101,27 @@ class NeighborhoodAttn2d(nn.Module):
         return effective_dilation((height, width), self.kernel_size, self.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the op's reference, not its front door
+            return self._forward_scripted(x)
         B, H, W, C = x.shape
         q, k, v = fused_eval.linear(self, self.qkv, x).reshape(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
         x = na2d(q, k, v, self.kernel_size, self.dilation_for(H, W), rpb=self.rpb, scale=self.scale,
                  backend=self.backend)
         return self.proj_drop(fused_eval.linear(self, self.proj, x.reshape(B, H, W, C)))
+
+    def _forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` under ``torch.jit.script``: plain projections, the same per-axis dilation in ints,
+        and ``na2d``'s reference (what the front door computes without padding: windows shifted inward)."""
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
+        dil = [max(1, min(dh, H // kh)), max(1, min(dw, W // kw))]
+        rpb = self.rpb
+        if rpb is not None:
+            rpb = rpb.to(q.dtype)
+        x = na2d_reference(q, k, v, [kh, kw], dil, [1, 1], rpb, self.scale)
+        return self.proj_drop(self.proj(x.reshape(B, H, W, C)))
 
     def extra_repr(self) -> str:
         one = lambda t: t[0] if t[0] == t[1] else t  # noqa: E731
