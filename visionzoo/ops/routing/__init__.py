@@ -65,8 +65,11 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
            ordered: bool = False) -> torch.Tensor:
     """Routing indices ``[B, n_win^2, min(topk, n_win^2)]`` (int64) from zero-padded maps; by
     affinity when ``ordered`` (attention only needs the set)."""
-    B, hp, wp = qp.shape[:3]
+    hp, wp = qp.shape[1:3]
     rh, rw = hp // n_win, wp // n_win
+    k = min(topk, n_win * n_win)
+    if not _static(hp, wp, *valid):
+        return _route_symbolic(qp, kp, n_win, k, valid, ordered)
 
     uniform = tuple(valid) == (hp, wp)
     # the cache holds real tensors only: never one made while tracing (a fake or symbolic tensor)
@@ -81,7 +84,39 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
     logits = means(qp) @ means(kp).transpose(1, 2)
     if not uniform:  # regions of padding only are never routed to
         logits = logits.masked_fill(counts[None, None, :] == 0, float("-inf"))
-    return torch.topk(logits, min(topk, n_win * n_win), dim=-1, sorted=ordered).indices
+    return torch.topk(logits, k, dim=-1, sorted=ordered).indices
+
+
+def _route_symbolic(qp, kp, n_win: int, k: int, valid, ordered: bool) -> torch.Tensor:
+    """:func:`_route` for symbolic sizes (``torch.export`` / ``torch.compile`` with dynamic H, W): the region
+    size is no pooling kernel (a static argument the trace would specialize) but a reshape of the padded map
+    into ``n_win x n_win`` regions, summed; whether the map is padded is a tensor, not a Python branch. The
+    same logits as the eager path: divided by the region counts where padded, by 1 (exactly) where not."""
+    B, hp, wp = qp.shape[:3]
+    rh, rw = hp // n_win, wp // n_win
+    # real rows / columns of every region row / column in closed form (a view of a symbolic-size mask into
+    # regions would guard on its contiguity, i.e. on the region size)
+    r = torch.arange(n_win, device=qp.device)
+    rows, cols = ((n - r * s).clamp(0, s) for n, s in zip(valid, (rh, rw)))
+    counts = (rows[:, None] * cols[None, :]).reshape(-1).to(qp.dtype)
+    divisor = torch.where((counts == rh * rw).all(), torch.ones_like(counts), counts.clamp(min=1))
+
+    # region of every token (row-major); a reshape into regions would guard on the region size being 1
+    region = ((torch.arange(hp, device=qp.device) // rh)[:, None] * n_win
+              + (torch.arange(wp, device=qp.device) // rw)[None, :]).reshape(-1)
+
+    def means(t):
+        t = t.flatten(3).flatten(1, 2)
+        s = t.new_zeros((B, n_win * n_win, t.shape[-1])).index_add_(1, region, t)
+        return s / divisor[None, :, None]
+
+    logits = (means(qp) @ means(kp).transpose(1, 2)).masked_fill(counts[None, None, :] == 0, float("-inf"))
+    return torch.topk(logits, k, dim=-1, sorted=ordered).indices
+
+
+def _static(*sizes) -> bool:
+    """Every size is a plain int (not a symbolic size of ``torch.export`` / ``torch.compile``)."""
+    return all(isinstance(n, int) for n in sizes)
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,4 +159,8 @@ def bra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, topk: int
     idx = _route(qp.detach(), kp.detach(), n_win, topk, (H, W))
     fn, _ = _backend.resolve("bra", qp, kp, vp, backend=backend, n_win=n_win)
     out = fn(qp, kp, vp, idx, n_win, scale, (H, W))
-    return crop(out, (H, W))
+    if _static(*size, H, W):
+        return crop(out, (H, W))
+    # symbolic sizes: a gathered copy (a slice's contiguity check would compare the padded and the real size:
+    # a guard that specializes them, and the program would refuse every size padded differently)
+    return out.index_select(1, torch.arange(H, device=out.device)).index_select(2, torch.arange(W, device=out.device))

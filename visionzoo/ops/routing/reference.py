@@ -24,16 +24,44 @@ def key_valid(n_win: int, rh: int, rw: int, valid: tuple[int, int], device=None)
     return ok.reshape(n_win * n_win, rh * rw)
 
 
+def _region_tokens(n_win: int, rh: int, rw: int, wp: int, device=None) -> torch.Tensor:
+    """``[n^2, rh*rw]``: the row-major index (in the padded map of width ``wp``) of every token of every
+    region, in :func:`~visionzoo.ops.partition.to_windows`'s order; built by broadcasting alone."""
+    region, slot = torch.arange(n_win * n_win, device=device), torch.arange(rh * rw, device=device)
+    rows = (region // n_win * rh)[:, None] + (slot // rw)[None, :]
+    cols = (region % n_win * rw)[:, None] + (slot % rw)[None, :]
+    return rows * wp + cols
+
+
+def _map_slots(n_win: int, rh: int, rw: int, hp: int, wp: int, device=None) -> torch.Tensor:
+    """``[hp, wp]``: where every token of the padded map sits in the region-major ``[n^2 * rh*rw]`` order
+    (the inverse of :func:`_region_tokens`)."""
+    y, x = torch.arange(hp, device=device)[:, None], torch.arange(wp, device=device)[None, :]
+    return (y // rh * n_win + x // rw) * (rh * rw) + y % rh * rw + x % rw
+
+
 def bra_reference(qp, kp, vp, idx, n_win, scale, valid):
-    """Padded inputs (see the module docstring) -> ``[B, n*rh, n*rw, heads, Dv]``."""
+    """Padded inputs (see the module docstring) -> ``[B, n*rh, n*rw, heads, Dv]``.
+
+    Symbolic sizes (``torch.export`` with dynamic H, W, and the ONNX exporter's decomposition of such a
+    program): the regions are gathered by index instead of reshaped (a reshape into regions guards on the
+    region size, which would specialize the program); the same tokens, so the same result."""
     B, hp, wp = qp.shape[:3]
     rh, rw = hp // n_win, wp // n_win
-    qr, kr, vr = (to_windows(t, (rh, rw)) for t in (qp, kp, vp))
+    symbolic = not all(isinstance(n, int) for n in (hp, wp, *valid))
+    if symbolic:
+        tokens = _region_tokens(n_win, rh, rw, wp, qp.device)
+        qr, kr, vr = (t.flatten(1, 2)[:, tokens] for t in (qp, kp, vp))
+        ok = (tokens // wp < valid[0]) & (tokens % wp < valid[1])
+    else:
+        qr, kr, vr = (to_windows(t, (rh, rw)) for t in (qp, kp, vp))
+        ok = key_valid(n_win, rh, rw, valid, qp.device)
     b = torch.arange(B, device=qp.device)[:, None, None]
     k_sel, v_sel = kr[b, idx], vr[b, idx]  # [B, R, topk, T, heads, D]
     logits = torch.einsum("brthd,brkshd->brhtks", qr * scale, k_sel)
-    ok = key_valid(n_win, rh, rw, valid, qp.device)[idx]  # [B, R, topk, T]
-    logits = logits.masked_fill(~ok[:, :, None, None], float("-inf"))
+    logits = logits.masked_fill(~ok[idx][:, :, None, None], float("-inf"))  # ok[idx]: [B, R, topk, T]
     attn = logits.flatten(-2).softmax(-1).view_as(logits)
     out = torch.einsum("brhtks,brkshd->brthd", attn, v_sel)
+    if symbolic:
+        return out.flatten(1, 2)[:, _map_slots(n_win, rh, rw, hp, wp, qp.device)]
     return from_windows(out, (rh, rw), (hp, wp))
