@@ -30,7 +30,8 @@ from visionzoo.ops.neighborhood.reference import na2d_padded
 
 REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
-SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s"]
+SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
+           "van"]
 _PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
         "an fx_leaf wrapper)")
 _AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
@@ -39,7 +40,6 @@ _FOCUSED = ("FocusedLinearAttn reads a submodule (q) that exists only in some co
 #: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
 NO_SCRIPT = {
     "biformer": f"{_PAD}; then bra's front door (ops.routing)",
-    "van": f"{_PAD}; then lka's front door (ops.lka)",
     "litv2": "torchvision's deform_conv2d is called with int stride / padding (TorchScript wants pairs); then "
              "HiLo's windows through na2d's front door",
     "agent_deit": "AgentAttnCls formats tuple(size) of a list (unknown length); then agent_attn's front door",

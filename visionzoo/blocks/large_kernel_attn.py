@@ -51,6 +51,9 @@ class LargeKernelAttn(nn.Module):
         self.dilation, self.backend = dilation, backend
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: TorchScript runs the plain convs (lka's reference), not the op
+            a = self.conv_spatial(self.conv0(u.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+            return u * self.conv1(a)
         a = lka(u.permute(0, 3, 1, 2), self.conv0.weight, self.conv0.bias, self.conv_spatial.weight,
                 self.conv_spatial.bias, dilation=self.dilation, backend=self.backend).permute(0, 2, 3, 1)
         return u * fused_eval.linear(self, self.conv1, a)
@@ -82,9 +85,10 @@ class VanAttn(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused_eval.applies(self, x):  # inference: GELU and the shortcut fused into the GEMMs
-            u = fused_eval.linear_act(x, self.proj_1.weight, self.proj_1.bias, fused_eval.fused_act(self.act))
-            return fused_eval.linear_add(self.lka(u), self.proj_2.weight, self.proj_2.bias, x)
+        if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
+            if fused_eval.applies(self, x):  # inference: GELU and the shortcut fused into the GEMMs
+                u = fused_eval.linear_act(x, self.proj_1.weight, self.proj_1.bias, fused_eval.fused_act(self.act))
+                return fused_eval.linear_add(self.lka(u), self.proj_2.weight, self.proj_2.bias, x)
         return self.proj_drop(self.proj_2(self.lka(self.act(self.proj_1(x))))) + x
 
     def forward_bn_residual(self, x: torch.Tensor, bn: nn.BatchNorm2d, gamma: torch.Tensor | None) -> torch.Tensor:

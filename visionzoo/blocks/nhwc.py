@@ -7,10 +7,12 @@ input size runs where an unpadded conv would drop the remainder.
 """
 from __future__ import annotations
 
+import types
 from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.partition import pad_to_multiple
@@ -24,7 +26,20 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-5)
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    return x if multiple == 1 else pad_to_multiple(x, multiple, layout="nchw")[0]
+    """NCHW ``x`` zero-padded at the bottom/right to a multiple of ``multiple``."""
+    if multiple == 1:
+        return x
+    if torch.jit.is_scripting():  # a static branch: TorchScript compiles plain F.pad, not the FX-leaf helper
+        H, W = x.shape[-2], x.shape[-1]
+        return F.pad(x, [0, (multiple - W % multiple) % multiple, 0, (multiple - H % multiple) % multiple])
+    return pad_to_multiple(x, multiple, layout="nchw")[0]
+
+
+def _parent_forward(cls: type, name: str):
+    """``cls.forward`` as a method called ``name``: what ``super().forward`` is, in a form TorchScript
+    compiles (it has no ``super()``, and compiles a method under its function's own name)."""
+    fn = cls.forward
+    return types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 @register_foldable_bn  # the fused eval paths fold it (the same affine map, on other axes)
@@ -33,7 +48,9 @@ class BatchNormNhwc(nn.BatchNorm2d):
     """BatchNorm2d on a channels-last ``[B, H, W, C]`` map (same parameters and keys)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self._forward_nchw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    _forward_nchw = _parent_forward(nn.BatchNorm2d, "_forward_nchw")
 
 
 @register_notrace_module  # a leaf for timm's FX feature extraction: the padding is shape-dependent Python
@@ -46,7 +63,9 @@ class NhwcSequential(nn.Sequential):
         self.pad_multiple = pad_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(_pad_to(x.permute(0, 3, 1, 2), self.pad_multiple)).permute(0, 2, 3, 1)
+        return self._layers(_pad_to(x.permute(0, 3, 1, 2), self.pad_multiple)).permute(0, 2, 3, 1)
+
+    _layers = _parent_forward(nn.Sequential, "_layers")
 
 
 @register_notrace_module
@@ -55,7 +74,7 @@ class NhwcStem(NhwcSequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _pad_to(x.contiguous(memory_format=torch.channels_last), self.pad_multiple)
-        return nn.Sequential.forward(self, x).permute(0, 2, 3, 1)
+        return self._layers(x).permute(0, 2, 3, 1)
 
 
 class ConvTokenizer(nn.Module):
