@@ -31,14 +31,15 @@ from functools import partial
 import torch
 import torch.nn as nn
 from timm.layers import (DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SEModule, create_conv2d, create_pool2d,
-                         get_norm_act_layer, make_divisible, pad_same)
+                         get_norm_act_layer, make_divisible)
 from timm.layers import register_notrace_module
-from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import is_static_pad
 
 from .. import convert
 from ..blocks import fused_eval
 from ..blocks.channels_last import ChannelsLastStem
 from ..blocks.multi_axis_attn import PartitionAttn2d, resize_rel_pos_table
+from ..blocks.same_pad import AvgPool2dSame, Conv2dSame, pad_same
 from ._base import Backbone, Stage, drop_path_rates, init_linear_trunc_normal, pretrained_cfg
 from ._checks import check_image_batch
 from ._registry import register_family
@@ -72,12 +73,20 @@ class MaxViTCfg:
             raise ValueError(f"MaxViTCfg: window must be >= 1, got {self.window}")
 
 
+def _conv(in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: str, **kwargs) -> nn.Module:
+    """timm's ``create_conv2d``; a strided TF 'SAME' conv is :class:`~visionzoo.blocks.same_pad.Conv2dSame`
+    (timm's parameters and keys, padding arithmetic that exports with dynamic H, W)."""
+    if padding == "same" and not is_static_pad(kernel_size, stride):
+        return Conv2dSame(in_chs, out_chs, kernel_size, stride, **kwargs)
+    return create_conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding, **kwargs)
+
+
 class Shortcut(nn.Module):
     """Strided MBConv shortcut: 2x2 average pool ('same' padding), then a 1x1 conv to the new width."""
 
     def __init__(self, in_chs: int, out_chs: int, padding: str, device=None, dtype=None):
         super().__init__()
-        self.pool = create_pool2d("avg", 2, padding=padding)
+        self.pool = AvgPool2dSame(2) if padding == "same" else create_pool2d("avg", 2, padding=padding)
         self.expand = nn.Conv2d(in_chs, out_chs, 1, device=device, dtype=dtype) if in_chs != out_chs else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +107,7 @@ class MBConv(nn.Module):
         self.pre_norm = norm_act(in_chs, apply_act=False, **dd)
         self.conv1_1x1 = create_conv2d(in_chs, mid, 1, **dd)
         self.norm1 = norm_act(mid, **dd)
-        self.conv2_kxk = create_conv2d(mid, mid, 3, stride=stride, groups=mid, padding=cfg.padding, **dd)
+        self.conv2_kxk = _conv(mid, mid, 3, stride, cfg.padding, groups=mid, bias=False, **dd)
         self.norm2 = norm_act(mid, **dd)
         self.se = SEModule(mid, rd_channels=int(cfg.se_ratio * out_chs), act_layer=nn.SiLU, **dd)
         self.conv3_1x1 = create_conv2d(mid, out_chs, 1, bias=True, **dd)
@@ -179,7 +188,7 @@ def _stem(in_chs: int, out_chs: int, cfg: MaxViTCfg, dd: dict) -> ChannelsLastSt
     """3x3 stride-2 conv, BN + act, 3x3 conv (keys ``conv1``, ``norm1``, ``conv2``), run channels-last:
     the whole trunk follows (oneDNN's native format)."""
     return ChannelsLastStem(OrderedDict(
-        conv1=create_conv2d(in_chs, out_chs, 3, stride=2, padding=cfg.padding, bias=True, **dd),
+        conv1=_conv(in_chs, out_chs, 3, 2, cfg.padding, bias=True, **dd),
         norm1=get_norm_act_layer("batchnorm2d", cfg.act)(out_chs, eps=cfg.bn_eps, **dd),
         conv2=create_conv2d(out_chs, out_chs, 3, stride=1, padding=cfg.padding, bias=True, **dd)))
 
