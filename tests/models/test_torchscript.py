@@ -19,6 +19,7 @@ from torch import nn
 import visionzoo
 from tests.models import _deploy as deploy
 from tests.models import create_tiny
+from visionzoo.blocks.cswin_attn import CrossShapedWindowAttn
 from visionzoo.blocks.halo_attn import HaloAttn2d
 from visionzoo.blocks.multi_axis_attn import PartitionAttn2d
 from visionzoo.blocks.neighborhood_attn import NeighborhoodAttn2d
@@ -31,7 +32,7 @@ from visionzoo.ops.neighborhood.reference import na2d_padded
 REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
-           "van"]
+           "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin"]
 _PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
         "an fx_leaf wrapper)")
 _AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
@@ -46,10 +47,7 @@ NO_SCRIPT = {
     "agent_pvt": _AGENT,
     "agent_swin": _AGENT,
     "agent_cswin": f"{_PAD}; then CSWin stripes through na2d's front door",
-    "flatten_pvt": _FOCUSED,
-    "flatten_pvt_v2": f"{_PAD}; then linear_attn's front door",
     "flatten_swin": _FOCUSED,
-    "flatten_cswin": f"{_PAD}; then CSWin stripes through na2d's front door",
 }
 #: a window-multiple map and one that is not (the attention pads and masks it)
 SIZES = [(64, 64), (72, 88)]
@@ -134,6 +132,18 @@ def test_neighborhood_attention_scripts(kernel, dilation, hw):
     than ``kernel * dilation``, and not multiples of the dilation), rectangular windows."""
     torch.manual_seed(0)
     attn = NeighborhoodAttn2d(16, 2, kernel, dilation).eval()
+    scripted = torch.jit.script(attn)
+    x = torch.randn(2, *hw, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (7, 9), (2, 11), (1, 1)])
+@pytest.mark.parametrize("global_attn", [False, True])
+def test_cswin_attention_scripts(global_attn, hw):
+    """CSWin's stripes (and global window) with LePE: whole stripes, padded ones, stripes wider than the map."""
+    torch.manual_seed(0)
+    attn = CrossShapedWindowAttn(16, 4, split_size=3, global_attn=global_attn).eval()
     scripted = torch.jit.script(attn)
     x = torch.randn(2, *hw, 16)
     with torch.no_grad():

@@ -35,6 +35,7 @@ from timm.layers import register_notrace_module
 
 from ..ops import _backend
 from ..ops.neighborhood import na2d
+from ..ops.neighborhood.reference import na2d_padded
 from ..ops.partition import crop, from_windows, pad_map, to_windows
 from .focused_linear_attn import FocusedLinearAttn
 
@@ -232,6 +233,8 @@ class CrossShapedWindowAttn(nn.Module):
     def mix(self, qkv: torch.Tensor) -> torch.Tensor:
         """The input of ``proj`` (``[B, H, W, C]``) from the ``qkv`` projection (``[B, H, W, 3C]``): the stripe (or
         global) attention of every branch plus its LePE, branches side by side along channels."""
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the ops' references only
+            return self._mix_scripted(qkv)
         B, H, W, C3 = qkv.shape
         C = C3 // 3
         c, heads, d = C // self.branches, self.num_heads // self.branches, self.head_dim
@@ -254,6 +257,29 @@ class CrossShapedWindowAttn(nn.Module):
                 out[..., part] += windowed_dwconv(v[..., part], self.lepe.weight[part], bias, window)
         return out
 
+    def _mix_scripted(self, qkv: torch.Tensor) -> torch.Tensor:
+        """:meth:`mix` under ``torch.jit.script``: each branch's windows through ``na2d``'s reference with the
+        front door's ``pad=True`` (:func:`~visionzoo.ops.neighborhood.reference.na2d_padded`), LePE as the
+        per-window depthwise conv written as masked taps (the form :func:`windowed_dwconv` takes for symbolic
+        sizes)."""
+        B, H, W, C3 = qkv.shape
+        C = C3 // 3
+        c, heads, d = C // self.branches, self.num_heads // self.branches, self.head_dim
+        q, k, v = qkv.reshape(B, H, W, 3, C).unbind(3)
+        sw = self.split_size
+        windows = [(H, W)] if self.global_attn else [(H, min(sw, W)), (min(sw, H), W)]
+        outs: list[torch.Tensor] = []
+        for i, window in enumerate(windows):
+            qi, ki, vi = (t[..., i * c:(i + 1) * c].reshape(B, H, W, heads, d) for t in (q, k, v))
+            wh, ww = window
+            out = na2d_padded(qi, ki, vi, [wh, ww], [1, 1], [wh, ww], None, self.scale).reshape(B, H, W, c)
+            bias = self.lepe.bias
+            if bias is not None:
+                bias = bias[i * c:(i + 1) * c]
+            outs.append(out + _windowed_dwconv_taps(v[..., i * c:(i + 1) * c], self.lepe.weight[i * c:(i + 1) * c],
+                                                    bias, window))
+        return torch.cat(outs, -1)
+
     def extra_repr(self) -> str:
         kind = "global" if self.global_attn else f"stripes of {self.split_size}"
         return f"dim={self.dim}, num_heads={self.num_heads}, {kind}, backend={self.backend or 'auto'}"
@@ -272,7 +298,8 @@ class FocusedLinearAttnLePE(FocusedLinearAttn):
                          dtype=dtype)
         self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
 
-    def attend(self, q, k, v, size, kv_size):
-        out = super().attend(q, k, v, size, kv_size)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int],
+               kv_size: tuple[int, int]) -> torch.Tensor:
+        out = self.focused(q, k, v, size, kv_size)
         B, H, W, C = out.shape
         return out + self.lepe(v.reshape(B, H, W, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.linear_attn import linear_attn
+from ..ops.linear_attn.reference import linear_attn_reference
 
 __all__ = ["FocusedLinearAttn"]
 
@@ -93,9 +94,9 @@ class FocusedLinearAttn(nn.Module):
 
     def pos_for(self, height: int, width: int) -> torch.Tensor:
         """``positional_encoding`` for a key map of ``height x width`` tokens: ``[1, height * width, C]``."""
-        h, w = (s // self.sr_ratio for s in self.map_size)
+        h, w = self.map_size[0] // self.sr_ratio, self.map_size[1] // self.sr_ratio
         pos = self.positional_encoding
-        if (height, width) == (h, w):
+        if height == h and width == w:
             return pos
         grid = pos.reshape(1, h, w, self.dim).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
@@ -104,7 +105,7 @@ class FocusedLinearAttn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         N = H * W
-        if self.sr_ratio == 1:
+        if hasattr(self, "qkv"):  # sr_ratio 1 (hasattr: TorchScript compiles only the branch of the existing modules)
             q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)
             hk, wk = H, W
         else:
@@ -112,7 +113,7 @@ class FocusedLinearAttn(nn.Module):
                 raise ValueError(f"FocusedLinearAttn: the map {H}x{W} is smaller than sr_ratio {self.sr_ratio}")
             q = self.q(x).reshape(B, N, C)
             xs = self.sr(x.permute(0, 3, 1, 2))
-            hk, wk = xs.shape[-2:]
+            hk, wk = xs.shape[2], xs.shape[3]
             k, v = self.kv(self.norm(xs.flatten(2).transpose(1, 2))).reshape(B, hk * wk, 2, C).unbind(2)
         return self.proj_drop(self.proj(self.attend(q, k, v, (H, W), (hk, wk))))
 
@@ -120,11 +121,21 @@ class FocusedLinearAttn(nn.Module):
                kv_size: tuple[int, int]) -> torch.Tensor:
         """The input of ``proj``, ``[B, H, W, C]``, from ``q`` (``[B, H W, C]``) and ``k, v`` (``[B, hk wk, C]``)
         on the ``size = (H, W)`` query map and the ``kv_size = (hk, wk)`` key map: linear attention + ``dwc(v)``."""
+        return self.focused(q, k, v, size, kv_size)
+
+    def focused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int],
+                kv_size: tuple[int, int]) -> torch.Tensor:
+        """:meth:`attend` of this class (subclasses extend :meth:`attend` through it: TorchScript has no
+        ``super()``)."""
         (H, W), (hk, wk) = size, kv_size
         B, N, C = q.shape
         heads, d = self.num_heads, self.head_dim
-        out = linear_attn(q, k, v, num_heads=heads, focusing_factor=self.focusing_factor, scale=self.scale,
-                          pos=self.pos_for(hk, wk), backend=self.backend)
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the op's reference, not its front door
+            out = linear_attn_reference(q, k, v, heads, float(self.focusing_factor), self.scale.reshape(-1),
+                                        self.pos_for(hk, wk), 1e-6)  # linear_attn's default eps
+        else:
+            out = linear_attn(q, k, v, num_heads=heads, focusing_factor=self.focusing_factor, scale=self.scale,
+                              pos=self.pos_for(hk, wk), backend=self.backend)
         # the shared depthwise conv sees each head as a [head_dim, H, W] image: [B * heads, d, n]
         v = v.reshape(B, hk * wk, heads, d).permute(0, 2, 3, 1).reshape(B * heads, d, hk * wk)
         if self.sr_ratio > 1:

@@ -24,9 +24,11 @@ from . import FEATURE_EPS
 __all__ = ["linear_attn_reference", "focused_features"]
 
 
-def focused_features(x: torch.Tensor, p: float, scale: torch.Tensor | None) -> torch.Tensor:
-    """``x [..., C]`` -> ``phi(x) [..., C]``, the focused feature map over the last dim."""
-    y = F.relu(x) + FEATURE_EPS
+def focused_features(x: torch.Tensor, p: float, scale: torch.Tensor | None,
+                     feature_eps: float = FEATURE_EPS) -> torch.Tensor:
+    """``x [..., C]`` -> ``phi(x) [..., C]``, the focused feature map over the last dim (``feature_eps``: a
+    parameter only so that TorchScript, which reads no global floats, compiles this)."""
+    y = F.relu(x) + feature_eps
     if scale is not None:
         y = y / F.softplus(scale.to(x.dtype))
     u = y / y.amax(-1, keepdim=True).detach()
