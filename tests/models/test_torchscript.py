@@ -32,7 +32,7 @@ from visionzoo.ops.neighborhood.reference import na2d_padded
 REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
-           "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin"]
+           "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin", "agent_pvt", "agent_cswin"]
 _PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
         "an fx_leaf wrapper)")
 _AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
@@ -44,9 +44,7 @@ NO_SCRIPT = {
     "litv2": "torchvision's deform_conv2d is called with int stride / padding (TorchScript wants pairs); then "
              "HiLo's windows through na2d's front door",
     "agent_deit": "AgentAttnCls formats tuple(size) of a list (unknown length); then agent_attn's front door",
-    "agent_pvt": _AGENT,
     "agent_swin": _AGENT,
-    "agent_cswin": f"{_PAD}; then CSWin stripes through na2d's front door",
     "flatten_swin": _FOCUSED,
 }
 #: a window-multiple map and one that is not (the attention pads and masks it)

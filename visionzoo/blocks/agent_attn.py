@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.agent_attn import agent_attn
+from ..ops.agent_attn.reference import agent_attn_reference
 
 __all__ = ["AgentAttn", "resize_axis"]
 
@@ -49,7 +50,7 @@ def resize_axis(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
         return t
     moved = t.movedim(dim, -1)
     out = F.interpolate(moved.reshape(-1, 1, moved.shape[-1]), size=size, mode="linear", align_corners=False)
-    return out.reshape(*moved.shape[:-1], size).movedim(-1, dim)
+    return out.reshape(list(moved.shape[:-1]) + [size]).movedim(-1, dim)
 
 
 @register_notrace_module  # an FX leaf: the bias cache and the op's checks are Python on the map size
@@ -117,7 +118,12 @@ class AgentAttn(nn.Module):
         """``(bias_kv [heads, n, H W], bias_q [heads, H W, n])`` for an ``H x W`` map, in the parameters'
         dtype, differentiable (see the module docstring); ``bias_q`` is a transposed view of an
         ``[heads, n, H W]`` tensor."""
-        heads, n, size = self.num_heads, self.agent_num, (height, width)
+        return self.patch_biases(height, width)
+
+    def patch_biases(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`build_biases` of this class (subclasses extend it through this method: TorchScript has no
+        ``super()``)."""
+        heads, n, size = self.num_heads, self.agent_num, [height, width]
         an = F.interpolate(self.an_bias, size=size, mode="bilinear", align_corners=False)
         na = F.interpolate(self.na_bias, size=size, mode="bilinear", align_corners=False)
         ah, aw = resize_axis(self.ah_bias, 3, height), resize_axis(self.aw_bias, 4, width)
@@ -150,17 +156,19 @@ class AgentAttn(nn.Module):
         heads, hd = self.num_heads, self.head_dim
         agents = F.adaptive_avg_pool2d(q.permute(0, 3, 1, 2), self.pool_size)  # [B, C, p, p]
         agents = agents.reshape(B, heads, hd, self.agent_num).transpose(-1, -2)
-        bias_kv, bias_q = self.biases(H, W, q.dtype)
-
-        def heads_first(t):
-            return t.reshape(B, H * W, heads, hd).transpose(1, 2)
-        out = agent_attn(heads_first(q), heads_first(k), heads_first(v), agents, bias_kv, bias_q,
-                         scale=self.scale, backend=self.backend)
+        qh, kh, vh = (t.reshape(B, H * W, heads, hd).transpose(1, 2) for t in (q, k, v))  # [B, heads, H W, hd]
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the op's reference, no bias cache
+            bias_kv, bias_q = self.build_biases(H, W)
+            out = agent_attn_reference(qh, kh, vh, agents, bias_kv.to(q.dtype), bias_q.to(q.dtype), self.scale)
+        else:
+            bias_kv, bias_q = self.biases(H, W, q.dtype)
+            out = agent_attn(qh, kh, vh, agents, bias_kv, bias_q, scale=self.scale, backend=self.backend)
         # not in place: with one head the reshape is a view of the op's output, which the Triton op saves
         return out.transpose(1, 2).reshape(B, H, W, C) + self.dwc(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.mix(*self.qkv(x).unflatten(-1, (3, x.shape[-1])).unbind(-2))
+        q, k, v = self.qkv(x).unflatten(-1, (3, x.shape[-1])).unbind(-2)
+        out = self.mix(q, k, v)
         return self.proj_drop(self.proj(out))
 
     def _apply(self, fn, recurse=True):

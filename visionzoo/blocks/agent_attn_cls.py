@@ -57,7 +57,7 @@ class AgentAttnCls(AgentAttn):
     def build_biases(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(bias_kv [heads, n, 1 + H W], bias_q [heads, 1 + H W, n])``: :class:`AgentAttn`'s patch biases
         with the class token's ``ac_bias`` column / ``ca_bias`` row first; ``bias_q`` is a transposed view."""
-        kv, q = super().build_biases(height, width)
+        kv, q = self.patch_biases(height, width)
         bias_kv = torch.cat([self.ac_bias[0], kv], -1)
         bias_q = torch.cat([self.ca_bias[0].transpose(1, 2), q.transpose(1, 2)], -1)
         return bias_kv, bias_q.transpose(1, 2)
