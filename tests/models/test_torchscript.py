@@ -21,6 +21,7 @@ from tests.models import _deploy as deploy
 from tests.models import create_tiny
 from visionzoo.blocks.cswin_attn import CrossShapedWindowAttn
 from visionzoo.blocks.halo_attn import HaloAttn2d
+from visionzoo.blocks.hilo_attn import HiLoAttn
 from visionzoo.blocks.multi_axis_attn import PartitionAttn2d
 from visionzoo.blocks.neighborhood_attn import NeighborhoodAttn2d
 from visionzoo.models._registry import MODELS
@@ -32,7 +33,8 @@ from visionzoo.ops.neighborhood.reference import na2d_padded
 REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
-           "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin", "agent_pvt", "agent_cswin"]
+           "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin", "agent_pvt", "agent_cswin",
+           "litv2"]
 _PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
         "an fx_leaf wrapper)")
 _AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
@@ -41,8 +43,6 @@ _FOCUSED = ("FocusedLinearAttn reads a submodule (q) that exists only in some co
 #: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
 NO_SCRIPT = {
     "biformer": f"{_PAD}; then bra's front door (ops.routing)",
-    "litv2": "torchvision's deform_conv2d is called with int stride / padding (TorchScript wants pairs); then "
-             "HiLo's windows through na2d's front door",
     "agent_deit": "AgentAttnCls formats tuple(size) of a list (unknown length); then agent_attn's front door",
     "agent_swin": _AGENT,
     "flatten_swin": _FOCUSED,
@@ -130,6 +130,18 @@ def test_neighborhood_attention_scripts(kernel, dilation, hw):
     than ``kernel * dilation``, and not multiples of the dilation), rectangular windows."""
     torch.manual_seed(0)
     attn = NeighborhoodAttn2d(16, 2, kernel, dilation).eval()
+    scripted = torch.jit.script(attn)
+    x = torch.randn(2, *hw, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (7, 9), (1, 3)])
+@pytest.mark.parametrize("window,alpha", [(2, 0.5), (3, 0.0), (2, 1.0), (1, 0.5)])
+def test_hilo_attention_scripts(window, alpha, hw):
+    """LITv2's HiLo: both head groups, Hi-Fi or Lo-Fi alone, plain attention (window 1); padded windows."""
+    torch.manual_seed(0)
+    attn = HiLoAttn(16, 4, window_size=window, alpha=alpha).eval()
     scripted = torch.jit.script(attn)
     x = torch.randn(2, *hw, 16)
     with torch.no_grad():

@@ -49,11 +49,12 @@ class DeformConv2dPack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset = self.conv_offset(x)
+        stride, padding = (self.stride, self.stride), (self.padding, self.padding)  # pairs: TorchScript's signature
         if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
             # torchvision's CPU kernel has float32 / float64 only: compute in float32, return x's dtype
             return deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
-                                 stride=self.stride, padding=self.padding).to(x.dtype)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding)
+                                 stride=stride, padding=padding).to(x.dtype)
+        return deform_conv2d(x, offset, self.weight, self.bias, stride=stride, padding=padding)
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape

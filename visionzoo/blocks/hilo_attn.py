@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.neighborhood import na2d
+from ..ops.neighborhood.reference import na2d_padded
 from . import fused_eval
 
 __all__ = ["HiLoAttn"]
@@ -82,19 +83,47 @@ class HiLoAttn(nn.Module):
     def lofi(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         q = fused_eval.linear(self, self.l_q, x).view(B, H * W, self.l_heads, self.head_dim).transpose(1, 2)
-        if self.ws > 1:  # partial border windows average their real pixels only
+        pooled = self.pooled(x)
+        out = self.lofi_attend(q, fused_eval.linear(self, self.l_kv, pooled), pooled)
+        return fused_eval.linear(self, self.l_proj, out.reshape(B, H, W, self.l_dim))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The Lo-Fi keys' map: ``s x s`` average pools; partial border windows average their real pixels only."""
+        if self.ws > 1:
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws, self.ws, ceil_mode=True).permute(0, 2, 3, 1)
-        kv = fused_eval.linear(self, self.l_kv, x).reshape(B, x.shape[1] * x.shape[2], 2, self.l_heads, self.head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return fused_eval.linear(self, self.l_proj, out.transpose(1, 2).reshape(B, H, W, self.l_dim))
+        return x
+
+    def lofi_attend(self, q: torch.Tensor, kv: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """Lo-Fi attention of ``q`` (``[B, heads, H W, d]``) over the ``l_kv`` projection of the ``pooled`` map;
+        ``[B, H W, heads, d]``."""
+        B, h, w = pooled.shape[0], pooled.shape[1], pooled.shape[2]
+        k, v = kv.reshape(B, h * w, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules and na2d's reference
+            return self.proj_drop(self._forward_scripted(x))
         if not self.l_heads:
             return self.proj_drop(self.hifi(x))
         if not self.h_heads:
             return self.proj_drop(self.lofi(x))
         return self.proj_drop(torch.cat([self.hifi(x), self.lofi(x)], dim=-1))
+
+    def _forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` under ``torch.jit.script`` (before ``proj_drop``): plain projections, the Hi-Fi windows
+        through :func:`~visionzoo.ops.neighborhood.reference.na2d_padded` (the front door's ``pad=True``);
+        ``hasattr``: TorchScript compiles only the groups that exist."""
+        B, H, W, _ = x.shape
+        outs: list[torch.Tensor] = []
+        if hasattr(self, "h_qkv"):
+            q, k, v = self.h_qkv(x).view(B, H, W, 3, self.h_heads, self.head_dim).unbind(3)
+            out = na2d_padded(q, k, v, [self.ws, self.ws], [1, 1], [self.ws, self.ws], None, self.scale)
+            outs.append(self.h_proj(out.reshape(B, H, W, self.h_dim)))
+        if hasattr(self, "l_q"):
+            q = self.l_q(x).view(B, H * W, self.l_heads, self.head_dim).transpose(1, 2)
+            pooled = self.pooled(x)
+            outs.append(self.l_proj(self.lofi_attend(q, self.l_kv(pooled), pooled).reshape(B, H, W, self.l_dim)))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def extra_repr(self) -> str:
         return (f"window_size={self.ws}, alpha={self.alpha}, hi_heads={self.h_heads}, lo_heads={self.l_heads}, "
