@@ -53,8 +53,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("flatten_swin", "export_spatial"): "Swin's shift rule (shift only where min(H, W) > window, the official rule) "
                                         "is a branch on each stage's map size, which the export specializes (at 96 x "
                                         "80 the third stage is 6 x 5, unshifted): " + _REFUSES,
-    ("halonet", "export_spatial"): "halo attention's block geometry keeps a guard relating the map width to the "
-                                   "block size: " + _REFUSES,
 }
 
 
@@ -179,18 +177,37 @@ def _routing():
     return BiLevelRoutingAttn(8, 2, n_win=3, topk=2, side_dwconv=3)
 
 
+class _ChannelsFirst(torch.nn.Module):
+    """A ``[B, C, H, W]`` block on the test's ``[B, H, W, C]`` maps."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return self.block(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _halo(stride: int = 1):
+    from visionzoo.blocks.halo_attn import HaloAttn2d
+    return _ChannelsFirst(HaloAttn2d(8, 8, num_heads=2, block_size=4, halo_size=1, stride=stride))
+
+
 #: the size-dependent geometry of each block, exported at 12 x 10 with dynamic H, W: NAT's dilation clamped to
 #: ``size // kernel`` (3 at 12, 2 at 7, 1 at 4), MaxViT's grid dilation ``ceil(size / 4)`` (and its padding to
 #: whole windows), CSWin's stripes clamped to the map and padded to whole stripes (1 to 4 stripes), BiFormer's
 #: routing regions ``ceil(size / n_win)`` (4 x 4 at 12 x 10, 1 x 1 at 2 x 2; padded regions masked, a region of
-#: padding only at 4 x 3 and 5 x 16)
+#: padding only at 4 x 3 and 5 x 16), HaloNet's blocks padded to ``ceil(size / block)`` whole blocks (and the
+#: strided variant's ``ceil(size / 2)`` queries)
 SIZE_BLOCKS = {"nat_dilation": _dilated_na, "maxvit_grid": _grid, "cswin_stripes": _stripes,
-               "biformer_routing": _routing}
+               "biformer_routing": _routing, "halo_blocks": _halo, "halo_strided": lambda: _halo(stride=2)}
 SIZES = [(12, 10), (7, 5), (4, 3), (2, 2), (17, 13), (5, 16)]
-#: sizes the program decomposed to plain ATen refuses with a guard (the exported program itself runs them):
-#: BiFormer's 1 x 1 regions (a map of at most n_win per side): re-tracing the reference's decomposition, torch
-#: 2.14 guards every tensor with a region-size dim on that size not being 1 (its contiguity check)
-PLAIN_REFUSES = {("biformer_routing", (2, 2))}
+#: (block, size) -> the programs that refuse that size with a guard error ("export": the exported program,
+#: "plain": it decomposed to plain ATen). torch 2.14 guards a size that is no input dim but derived from one
+#: against being 1 wherever a tensor of that size is made or viewed (its contiguity check): BiFormer's 1 x 1
+#: regions (a map of at most n_win per side) in the decomposed reference; the strided halo layer's 1-row query map
+#: (``ceil(size / 2)`` at 2 x 2: the stride-2 subsample of the input, before any op of ours)
+REFUSES = {("biformer_routing", (2, 2)): {"plain"}, ("halo_strided", (2, 2)): {"export", "plain"}}
 
 
 @pytest.mark.parametrize("block", SIZE_BLOCKS)
@@ -208,12 +225,13 @@ def test_export_dynamic_size_follows_the_geometry(block):
     with torch.no_grad():
         for h, w in SIZES:
             x = torch.randn(3, h, w, 8)
-            torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-5, atol=1e-5, msg=f"{h} x {w}")
-            if (block, (h, w)) in PLAIN_REFUSES:
-                with pytest.raises(AssertionError, match="Guard failed"):
-                    plain.module()(x)
-                continue
-            torch.testing.assert_close(plain.module()(x), model(x), rtol=1e-5, atol=1e-5, msg=f"{h} x {w}")
+            for name, program in (("export", ep), ("plain", plain)):
+                if name in REFUSES.get((block, (h, w)), ()):
+                    with pytest.raises(AssertionError, match="Guard failed"):
+                        program.module()(x)
+                else:
+                    torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5,
+                                               msg=f"{name}: {h} x {w}")
 
 
 def test_jit_trace_clamped_dilation():

@@ -77,7 +77,10 @@ class HaloAttn2d(nn.Module):
         # a strided 1x1 conv is a subsample then a 1x1 conv; done that way because torch 2.14's CPU
         # backward of a stride-2 1x1 conv on some small channels-last inputs corrupts the heap
         s = self.block_stride
-        q = nn.functional.conv2d(x[:, :, ::s, ::s] if s > 1 else x, self.q.weight, self.q.bias)
+        xs = x[:, :, ::s, ::s] if s > 1 else x
+        if s > 1 and not isinstance(H, int):  # symbolic sizes (torch.export with dynamic H, W): the conv's fake
+            xs = xs.contiguous()  # kernel picks its output layout by comparing a strided view's strides (a guard)
+        q = nn.functional.conv2d(xs, self.q.weight, self.q.bias)
         hq, wq = q.shape[-2:]
         q = q.view(B, heads, dqk, hq, wq).permute(0, 3, 4, 1, 2)
         k, v = self.kv(x).view(B, heads, dqk + dv, H, W).permute(0, 3, 4, 1, 2).split([dqk, dv], -1)

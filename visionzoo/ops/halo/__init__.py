@@ -105,4 +105,8 @@ def halo_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int
         ew = torch.matmul(qp, rel_w.to(q.dtype).t())
     fn, _ = _backend.resolve("halo_attn", qp, kp, vp, backend=backend, block=bq, halo=h)
     out = fn(qp, kp, vp, eh, ew, bq, block_size, halo_size, scale)
-    return crop(out, (hq, wq))
+    if all(isinstance(n, int) for n in (hp, wp, hq, wq)):
+        return crop(out, (hq, wq))
+    # symbolic sizes (torch.export with dynamic H, W): a gathered copy. A slice's view compares the padded and the
+    # real size in its contiguity check: a guard that specializes them (the program refused other paddings)
+    return out.index_select(1, torch.arange(hq, device=out.device)).index_select(2, torch.arange(wq, device=out.device))
