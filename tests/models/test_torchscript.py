@@ -34,7 +34,7 @@ REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
            "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin", "agent_pvt", "agent_cswin",
-           "litv2"]
+           "litv2", "agent_deit"]
 _PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
         "an fx_leaf wrapper)")
 _AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
@@ -43,7 +43,6 @@ _FOCUSED = ("FocusedLinearAttn reads a submodule (q) that exists only in some co
 #: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
 NO_SCRIPT = {
     "biformer": f"{_PAD}; then bra's front door (ops.routing)",
-    "agent_deit": "AgentAttnCls formats tuple(size) of a list (unknown length); then agent_attn's front door",
     "agent_swin": _AGENT,
     "flatten_swin": _FOCUSED,
 }

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.agent_attn import agent_attn
+from ..ops.agent_attn.reference import agent_attn_reference
 from . import fused_eval
 from .agent_attn import AgentAttn
 
@@ -66,17 +67,24 @@ class AgentAttnCls(AgentAttn):
         B, N, C = x.shape
         H, W = size
         if N != 1 + H * W:
-            raise ValueError(f"AgentAttnCls: x must be [B, 1 + H * W, C] for size {tuple(size)}, got {tuple(x.shape)}")
+            raise ValueError(f"AgentAttnCls: x must be [B, 1 + H * W, C] for size ({H}, {W}), got {list(x.shape)}")
         heads, hd = self.num_heads, self.head_dim
-        qkv = fused_eval.linear(self, self.qkv, x)  # [B, N, 3C]
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules and the op's reference
+            qkv = self.qkv(x)
+        else:
+            qkv = fused_eval.linear(self, self.qkv, x)  # [B, N, 3C]
         # one copy to heads-first q, k, v (the op's GEMMs then read them in place)
         q, k, v = qkv.view(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         # agents: each head's patch queries pooled as a channels-last [B heads, hd, H, W] view (no copy)
         per_head = q[:, :, 1:].reshape(B * heads, H, W, hd).permute(0, 3, 1, 2)
         agents = F.adaptive_avg_pool2d(per_head, self.pool_size).permute(0, 2, 3, 1)
         agents = agents.reshape(B, heads, agents.shape[1] * agents.shape[2], hd)  # no -1: B may be 0
-        bias_kv, bias_q = self.biases(H, W, x.dtype)
-        out = agent_attn(q, k, v, agents, bias_kv, bias_q, scale=self.scale, backend=self.backend)
+        if torch.jit.is_scripting():
+            bias_kv, bias_q = self.build_biases(H, W)
+            out = agent_attn_reference(q, k, v, agents, bias_kv.to(x.dtype), bias_q.to(x.dtype), self.scale)
+        else:
+            bias_kv, bias_q = self.biases(H, W, x.dtype)
+            out = agent_attn(q, k, v, agents, bias_kv, bias_q, scale=self.scale, backend=self.backend)
         out = out.transpose(1, 2).reshape(B, N, C)
         v_map = qkv[:, 1:, 2 * C:].view(B, H, W, C).permute(0, 3, 1, 2)
         local = self.dwc(v_map).flatten(2).transpose(1, 2)  # [B, H W, C]
@@ -84,4 +92,6 @@ class AgentAttnCls(AgentAttn):
             out = torch.cat([out[:, :1], out[:, 1:] + local], 1)
         else:
             out[:, 1:] += local
+        if torch.jit.is_scripting():
+            return self.proj_drop(self.proj(out))
         return self.proj_drop(fused_eval.linear(self, self.proj, out))

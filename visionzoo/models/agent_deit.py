@@ -116,13 +116,16 @@ class TokenBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=eps, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, **dd)
-        self.needs_size = isinstance(attn, AgentAttnCls)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         y = self.norm1(x)
-        x = x + self.drop_path(self.attn(y, size) if self.needs_size else self.attn(y))
-        if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs
-            return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x)
+        if isinstance(self.attn, AgentAttnCls):  # TorchScript resolves this per block (a static branch)
+            x = x + self.drop_path(self.attn(y, size))
+        else:
+            x = x + self.drop_path(self.attn(y))
+        if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
+            if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs
+                return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -131,9 +134,13 @@ class TokenStage(nn.Module):
 
     def __init__(self, blocks: list[nn.Module]):
         super().__init__()
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.ModuleList(blocks)  # not Sequential: TorchScript would compile its one-argument forward
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], checkpoint: bool = False) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: no activation checkpointing in TorchScript
+            for blk in self.blocks:
+                x = blk(x, size)
+            return x
         for blk in self.blocks:
             x = torch.utils.checkpoint.checkpoint(blk, x, size, use_reentrant=False) if checkpoint else blk(x, size)
         return x
@@ -195,6 +202,7 @@ class AgentDeiTTrunk(Backbone):
         dd = dict(device=device, dtype=dtype)
         self.cfg = cfg
         dim, g = cfg.embed_dim, cfg.grid
+        self.grid = g  # an int attribute TorchScript sees (not the config dataclass)
         self.stem = STEMS["patch"][0](in_chans, dim, StemCfg("patch", cfg.patch_size, norm=False), dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, **dd))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + g * g, dim, **dd))
@@ -204,7 +212,7 @@ class AgentDeiTTrunk(Backbone):
         blocks = [TokenBlock(dim, self._attn(i, attn_drop_rate, proj_drop_rate, backend, dd), cfg.mlp_ratio,
                              cfg.norm_eps, proj_drop_rate, dpr[i], **dd) for i in range(cfg.depth)]
         starts = [sum(groups[:s]) for s in range(len(groups))]
-        self.stages = nn.Sequential(*[TokenStage(blocks[a:a + n]) for a, n in zip(starts, groups)])
+        self.stages = nn.ModuleList([TokenStage(blocks[a:a + n]) for a, n in zip(starts, groups)])  # as blocks
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps, **dd)
         self.head = TokenHead(dim, num_classes, global_pool, drop_rate, **dd)
         self._finish(in_chans, num_classes, [dim] * len(groups), [cfg.patch_size] * len(groups), global_pool)
@@ -243,7 +251,7 @@ class AgentDeiTTrunk(Backbone):
         x = self.stem(x)  # [B, H, W, C]
         B, H, W, C = x.shape
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], 1)
-        x = x + pos_embed_for(self.pos_embed, self.cfg.grid, H, W)
+        x = x + pos_embed_for(self.pos_embed, self.grid, H, W)
         return self.pos_drop(x), (H, W)
 
     def _run(self, stage: TokenStage, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -262,8 +270,8 @@ class AgentDeiTTrunk(Backbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, H, W]`` -> the normalised tokens ``[B, C, 1, 1 + H/16 * W/16]`` (class token first)."""
         x, size = self._embed(x)
-        for stage in self.stages:
-            x = self._run(stage, x, size)
+        for stage in self.stages:  # not _run: TorchScript takes no module arguments (TokenStage skips checkpointing)
+            x = stage(x, size, checkpoint=self.grad_checkpointing)
         return self._sequence(self.norm(x))
 
     @torch.jit.ignore
