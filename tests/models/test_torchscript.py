@@ -1,13 +1,14 @@
 """``torch.jit.script`` (issue 21 A): the families whose timm counterparts script (attention ResNets,
-SHViT, HaloNet, MaxViT), ECA-MobileNetV2 and NAT / DiNAT compile and match eager, in eval and train mode,
-on maps that are and are not multiples of the attention windows; the others raise (``NO_SCRIPT`` says
-why), so the README's list cannot drift.
+SHViT, HaloNet, MaxViT) and every other family in ``SCRIPTS`` compile and match eager, in eval and train
+mode, on maps that are and are not multiples of the attention windows; the others raise (``NO_SCRIPT``
+says why), so the README's list cannot drift.
 
-Scripted models compile the plain modules only: the fused eval path is a static
-``if not torch.jit.is_scripting()`` branch, and the attention blocks call the ops' TorchScript-compatible
-references (``halo_padded``, ``na2d_padded``: the front doors' pad / mask / crop; ``na2d_reference``)
-instead of the front doors (Python argument handling and backend dispatch). Eager inference still takes
-the fused path and the cpu backends: outputs agree to float rounding.
+Scripted models compile the plain modules only: the fused eval path is a static ``if not
+torch.jit.is_scripting()`` branch, and the attention blocks call the ops' TorchScript-compatible references
+(``halo_padded``, ``na2d_padded``: the front doors' pad / mask / crop; ``na2d_reference``,
+``linear_attn_reference``, ``agent_attn_reference``) instead of the front doors (Python argument handling
+and backend dispatch). Eager inference still takes the fused path and the cpu backends: outputs agree to
+float rounding.
 """
 import subprocess
 import sys
@@ -35,16 +36,16 @@ REPS = deploy.representatives()
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
            "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin", "agent_pvt", "agent_cswin",
            "litv2", "agent_deit"]
-_PAD = ("the patch-embedding stems pad through ops.partition.pad_to_multiple (typing.Sequence argument, "
-        "an fx_leaf wrapper)")
-_AGENT = "AgentAttn's forward defines a nested function (heads_first); then agent_attn's front door"
-_FOCUSED = ("FocusedLinearAttn reads a submodule (q) that exists only in some configurations; then linear_attn's "
-            "front door")
+_SWIN = ("SwinWindowAttn.forward calls fused_eval.linear (nn.Module-typed arguments) and na2d's front door outside a "
+         "static is_scripting branch (na2d_reference takes Swin's shifted cells directly: a scripted branch would "
+         "serve it)")
 #: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
 NO_SCRIPT = {
-    "biformer": f"{_PAD}; then bra's front door (ops.routing)",
-    "agent_swin": _AGENT,
-    "flatten_swin": _FOCUSED,
+    "biformer": "BiFormer's QKVLinear / BiLevelRoutingAttn / GlobalAttnLePE call fused_eval.linear (nn.Module-typed "
+                "arguments) outside a static is_scripting branch; then bra's front door (ops.routing: region padding, "
+                "top-k routing, backend dispatch), which has no TorchScript-compatible reference entry point yet",
+    "agent_swin": f"{_SWIN}; its global stages (AgentAttn) script",
+    "flatten_swin": f"{_SWIN}; its FocusedLinearAttn stages script",
 }
 #: a window-multiple map and one that is not (the attention pads and masks it)
 SIZES = [(64, 64), (72, 88)]
