@@ -47,13 +47,7 @@ PATHS = {
 #: the largest |diff| accepted per path (ONNX: the issue's 1e-4; compile compares gradients too)
 TOL = {"onnx": 1e-4, "compile": 1e-4, "compile_dynamic": 1e-4, "inductor": 1e-3, "inductor_dynamic": 1e-3}
 
-_REFUSES = ("exported at 128 x 128 with dynamic H, W, the program refuses 96 x 80 with a guard error (a clear "
-            "constraint, not a wrong result); export these with a fixed size and a dynamic batch")
-KNOWN: dict[tuple[str, str], str] = {
-    ("flatten_swin", "export_spatial"): "Swin's shift rule (shift only where min(H, W) > window, the official rule) "
-                                        "is a branch on each stage's map size, which the export specializes (at 96 x "
-                                        "80 the third stage is 6 x 5, unshifted): " + _REFUSES,
-}
+KNOWN: dict[tuple[str, str], str] = {}  # none since BiFormer, HaloNet and FLatten-Swin export with dynamic H, W
 
 
 #: paths that work on their block but did not finish on the representative within the sweep's 15 min
@@ -193,15 +187,22 @@ def _halo(stride: int = 1):
     return _ChannelsFirst(HaloAttn2d(8, 8, num_heads=2, block_size=4, halo_size=1, stride=stride))
 
 
+def _shifted_windows():
+    from visionzoo.blocks.window_attn import SwinWindowAttn
+    return SwinWindowAttn(8, 2, window_size=4, shift=True)
+
+
 #: the size-dependent geometry of each block, exported at 12 x 10 with dynamic H, W: NAT's dilation clamped to
 #: ``size // kernel`` (3 at 12, 2 at 7, 1 at 4), MaxViT's grid dilation ``ceil(size / 4)`` (and its padding to
 #: whole windows), CSWin's stripes clamped to the map and padded to whole stripes (1 to 4 stripes), BiFormer's
 #: routing regions ``ceil(size / n_win)`` (4 x 4 at 12 x 10, 1 x 1 at 2 x 2; padded regions masked, a region of
 #: padding only at 4 x 3 and 5 x 16), HaloNet's blocks padded to ``ceil(size / block)`` whole blocks (and the
-#: strided variant's ``ceil(size / 2)`` queries)
+#: strided variant's ``ceil(size / 2)`` queries), Swin's shift rule (shifted where min(H, W) > 4: at 12 x 10, 7 x 5,
+#: 17 x 13 and 5 x 16; unshifted at 4 x 3, 2 x 2 and 4 x 9)
 SIZE_BLOCKS = {"nat_dilation": _dilated_na, "maxvit_grid": _grid, "cswin_stripes": _stripes,
-               "biformer_routing": _routing, "halo_blocks": _halo, "halo_strided": lambda: _halo(stride=2)}
-SIZES = [(12, 10), (7, 5), (4, 3), (2, 2), (17, 13), (5, 16)]
+               "biformer_routing": _routing, "halo_blocks": _halo, "halo_strided": lambda: _halo(stride=2),
+               "swin_shift_rule": _shifted_windows}
+SIZES = [(12, 10), (7, 5), (4, 3), (2, 2), (17, 13), (5, 16), (4, 9)]
 #: (block, size) -> the programs that refuse that size with a guard error ("export": the exported program,
 #: "plain": it decomposed to plain ATen). torch 2.14 guards a size that is no input dim but derived from one
 #: against being 1 wherever a tensor of that size is made or viewed (its contiguity check): BiFormer's 1 x 1

@@ -13,13 +13,15 @@ the map) when ``min(H, W) <= P`` and asserts the map is a multiple of ``P``. Her
 applied to the map seen at forward time, so every size the official code runs gives its result; other
 maps are zero-padded at the bottom/right to whole windows and the padding keys are masked (the
 padded tokens get no attention weight; the official detection backbones pad the same way but let
-the zero tokens take part). A map smaller than the window is one window.
+the zero tokens take part). A map smaller than the window is one window. Exported with dynamic H, W
+(``torch.export``), the shift rule is a ``cond`` in the program: it follows the rule at every input size.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
+from torch._higher_order_ops.cond import cond_op
 
 from ..ops.neighborhood import na2d, swin_rpb_to_na
 from . import fused_eval
@@ -79,11 +81,29 @@ class SwinWindowAttn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         P = self.window_size
-        q, k, v = fused_eval.linear(self, self.qkv, x).reshape(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
+        qkv = fused_eval.linear(self, self.qkv, x).reshape(B, H, W, 3, self.num_heads, self.head_dim)
         rpb = swin_rpb_to_na(self.relative_position_bias_table, P)
-        x = na2d(q, k, v, P, stride=P, shift=self.shift_for(H, W), rpb=rpb, scale=self.scale, pad=True,
-                 backend=self.backend)
+        if self.shift and not (isinstance(H, int) and isinstance(W, int)) and torch.compiler.is_exporting():
+            x = self._attend_by_rule(qkv, rpb, H, W)
+        else:
+            x = self._attend(qkv, rpb, self.shift_for(H, W))
         return self.proj_drop(fused_eval.linear(self, self.proj, x.reshape(B, H, W, C)))
+
+    def _attend(self, qkv: torch.Tensor, rpb: torch.Tensor, shift: int) -> torch.Tensor:
+        P = self.window_size
+        q, k, v = qkv.unbind(3)
+        return na2d(q, k, v, P, stride=P, shift=shift, rpb=rpb, scale=self.scale, pad=True, backend=self.backend)
+
+    def _attend_by_rule(self, qkv: torch.Tensor, rpb: torch.Tensor, H, W) -> torch.Tensor:
+        """Exporting with symbolic H, W: the shift rule as a ``cond`` on ``min(H, W) > P``, so the exported program
+        keeps both branches and takes one per input size at run time (a Python branch is specialized to the
+        example's size). Each branch is the eager call; a branch may not return a view (the crop of the padded
+        map), hence the clones. The cond operator itself, not ``torch.cond``: under non-strict export
+        ``torch.cond`` traces its branches with Dynamo, which takes their input sizes as static and specializes
+        the padding to the example's size; the operator traces them with the export's symbolic sizes."""
+        P = self.window_size
+        return cond_op(torch.sym_min(H, W) > P, lambda t, r: self._attend(t, r, P // 2).clone(),
+                       lambda t, r: self._attend(t, r, 0).clone(), (qkv, rpb))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
