@@ -35,17 +35,12 @@ REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
            "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin", "agent_pvt", "agent_cswin",
-           "litv2", "agent_deit"]
-_SWIN = ("SwinWindowAttn.forward calls fused_eval.linear (nn.Module-typed arguments) and na2d's front door outside a "
-         "static is_scripting branch (na2d_reference takes Swin's shifted cells directly: a scripted branch would "
-         "serve it)")
+           "litv2", "agent_deit", "agent_swin", "flatten_swin"]
 #: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
 NO_SCRIPT = {
     "biformer": "BiFormer's QKVLinear / BiLevelRoutingAttn / GlobalAttnLePE call fused_eval.linear (nn.Module-typed "
                 "arguments) outside a static is_scripting branch; then bra's front door (ops.routing: region padding, "
                 "top-k routing, backend dispatch), which has no TorchScript-compatible reference entry point yet",
-    "agent_swin": f"{_SWIN}; its global stages (AgentAttn) script",
-    "flatten_swin": f"{_SWIN}; its FocusedLinearAttn stages script",
 }
 #: a window-multiple map and one that is not (the attention pads and masks it)
 SIZES = [(64, 64), (72, 88)]

@@ -24,6 +24,7 @@ from timm.layers import register_notrace_module
 from torch._higher_order_ops.cond import cond_op
 
 from ..ops.neighborhood import na2d, swin_rpb_to_na
+from ..ops.neighborhood.reference import na2d_reference
 from . import fused_eval
 
 __all__ = ["SwinWindowAttn"]
@@ -79,6 +80,8 @@ class SwinWindowAttn(nn.Module):
         return self.window_size // 2 if self.shift and min(height, width) > self.window_size else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the op's reference, not its front door
+            return self._forward_scripted(x)
         B, H, W, C = x.shape
         P = self.window_size
         qkv = fused_eval.linear(self, self.qkv, x).reshape(B, H, W, 3, self.num_heads, self.head_dim)
@@ -88,6 +91,19 @@ class SwinWindowAttn(nn.Module):
         else:
             x = self._attend(qkv, rpb, self.shift_for(H, W))
         return self.proj_drop(fused_eval.linear(self, self.proj, x.reshape(B, H, W, C)))
+
+    def _forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """forward under torch.jit.script: plain projections and na2d's reference, which takes Swin's cells
+        directly (shift 0: whole windows, the last one clipped: the front door's padding)."""
+        B, H, W, C = x.shape
+        P = self.window_size
+        q, k, v = self.qkv(x).reshape(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
+        table = self.relative_position_bias_table  # swin_rpb_to_na without its argument checks
+        rpb = table.t().reshape(self.num_heads, 2 * P - 1, 2 * P - 1).flip(1, 2).to(q.dtype)
+        s = self.shift_for(H, W)
+        cells: list[int | None] = [s, s]  # the annotation is required by TorchScript
+        x = na2d_reference(q, k, v, [P, P], [1, 1], [P, P], rpb, self.scale, None, cells)
+        return self.proj_drop(self.proj(x.reshape(B, H, W, C)))
 
     def _attend(self, qkv: torch.Tensor, rpb: torch.Tensor, shift: int) -> torch.Tensor:
         P = self.window_size
