@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import pad_same as _pad_same_static
+from timm.layers import register_notrace_function
 
 __all__ = ["pad_same", "Conv2dSame", "AvgPool2dSame"]
 
@@ -31,6 +32,7 @@ def _total(n, k_eff: int, s: int):
     return total if k_eff >= s else torch.sym_max(total, 0)
 
 
+@register_notrace_function  # Python on the shape: a leaf for timm's / torchvision's FX tracers
 def pad_same(x: torch.Tensor, kernel_size: List[int], stride: List[int], dilation: List[int] = (1, 1),
              value: float = 0.0) -> torch.Tensor:
     """Pad the last two dims of ``x`` as TF 'SAME' does for a ``kernel_size`` / ``stride`` / ``dilation`` op."""
@@ -38,6 +40,9 @@ def pad_same(x: torch.Tensor, kernel_size: List[int], stride: List[int], dilatio
         if any(isinstance(n, torch.SymInt) for n in x.shape[-2:]):
             return _pad_same_symbolic(x, kernel_size, stride, dilation, value)
     return _pad_same_static(x, kernel_size, stride, dilation, value)
+
+
+torch.fx.wrap("pad_same")  # and for plain torch.fx.symbolic_trace (Conv2dSame / AvgPool2dSame call it here)
 
 
 def _pad_same_symbolic(x: torch.Tensor, kernel_size, stride, dilation, value: float) -> torch.Tensor:
