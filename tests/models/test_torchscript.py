@@ -1,14 +1,15 @@
-"""``torch.jit.script`` (issue 21 A): the families whose timm counterparts script (attention ResNets,
-SHViT, HaloNet, MaxViT) and every other family in ``SCRIPTS`` compile and match eager, in eval and train
-mode, on maps that are and are not multiples of the attention windows; the others raise (``NO_SCRIPT``
-says why), so the README's list cannot drift.
+"""``torch.jit.script`` (issue 21 A): every family scripts (the families whose timm counterparts script:
+attention ResNets, SHViT, HaloNet, MaxViT; and every other family in ``SCRIPTS``), compiles and matches
+eager, in eval and train mode, on maps that are and are not multiples of the attention windows. A family
+that stops scripting belongs in ``NO_SCRIPT`` (empty now) with why, and must still raise, so the README's
+list cannot drift.
 
 Scripted models compile the plain modules only: the fused eval path is a static ``if not
 torch.jit.is_scripting()`` branch, and the attention blocks call the ops' TorchScript-compatible references
-(``halo_padded``, ``na2d_padded``: the front doors' pad / mask / crop; ``na2d_reference``,
-``linear_attn_reference``, ``agent_attn_reference``) instead of the front doors (Python argument handling
-and backend dispatch). Eager inference still takes the fused path and the cpu backends: outputs agree to
-float rounding.
+(``halo_padded``, ``na2d_padded``, ``bra_padded``: the front doors' pad / mask / crop, and bra's routing;
+``na2d_reference``, ``linear_attn_reference``, ``agent_attn_reference``) instead of the front doors (Python
+argument handling and backend dispatch). Eager inference still takes the fused path and the cpu backends:
+outputs agree to float rounding.
 """
 import subprocess
 import sys
@@ -25,23 +26,22 @@ from visionzoo.blocks.halo_attn import HaloAttn2d
 from visionzoo.blocks.hilo_attn import HiLoAttn
 from visionzoo.blocks.multi_axis_attn import PartitionAttn2d
 from visionzoo.blocks.neighborhood_attn import NeighborhoodAttn2d
+from visionzoo.blocks.routing_attn import BiLevelRoutingAttn, GlobalAttnLePE
 from visionzoo.models._registry import MODELS
 from visionzoo.ops.halo import halo_attn
 from visionzoo.ops.halo.reference import halo_padded
 from visionzoo.ops.neighborhood import na2d
 from visionzoo.ops.neighborhood.reference import na2d_padded
+from visionzoo.ops.routing import bra, bra_routing
+from visionzoo.ops.routing.reference import bra_padded, bra_route
 
 REPS = deploy.representatives()
 #: families that torch.jit.script (timm's HaloNet, MaxViT, SE/ECA ResNets and SHViT script too)
 SCRIPTS = ["ca_resnet", "single_head_vit", "eca_mobilenetv2", "halonet", "maxvit", "nat", "nat_isotropic", "dinat_s",
            "van", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin", "agent_pvt", "agent_cswin",
-           "litv2", "agent_deit", "agent_swin", "flatten_swin"]
+           "litv2", "agent_deit", "agent_swin", "flatten_swin", "biformer"]
 #: family -> why torch.jit.script raises: the first construct TorchScript rejects (probed), then what follows
-NO_SCRIPT = {
-    "biformer": "BiFormer's QKVLinear / BiLevelRoutingAttn / GlobalAttnLePE call fused_eval.linear (nn.Module-typed "
-                "arguments) outside a static is_scripting branch; then bra's front door (ops.routing: region padding, "
-                "top-k routing, backend dispatch), which has no TorchScript-compatible reference entry point yet",
-}
+NO_SCRIPT: dict[str, str] = {}
 #: a window-multiple map and one that is not (the attention pads and masks it)
 SIZES = [(64, 64), (72, 88)]
 
@@ -99,12 +99,13 @@ def test_every_model_scripts(name):
 
 
 @pytest.mark.extended
-@pytest.mark.parametrize("name", ["halonet_h0", "eca_halonext26ts", "maxvit_tiny"])
+@pytest.mark.parametrize("name", ["halonet_h0", "eca_halonext26ts", "maxvit_tiny", "biformer_tiny"])
 def test_full_size_scripts(name):
-    """Full-size models (MaxViT's 7x7 windows: 224 and a 200 x 232 map that pads every stage's
-    partitions; extended: ~1 min each on 2 cores). In float64: through a full-depth network in train mode
-    (batch statistics of 2 images) float32 rounding of the reference vs the kernels grows to ~4e-3 of the
-    largest input gradient (halonet_h0: 3.2e-4 of 0.084), while in float64 they agree to 1e-14."""
+    """Full-size models (MaxViT's 7x7 windows, BiFormer's 7x7 regions routed top-1/4/16: 224 and a 200 x 232
+    map that pads every stage's partitions / regions; extended: ~1 min each on 2 cores). In float64: through
+    a full-depth network in train mode (batch statistics of 2 images) float32 rounding of the reference vs
+    the kernels grows to ~4e-3 of the largest input gradient (halonet_h0: 3.2e-4 of 0.084), while in float64
+    they agree to 1e-14."""
     _check_scripted(name, sizes=[(224, 224), (200, 232)], tiny=False, dtype=torch.float64)
 
 
@@ -198,6 +199,56 @@ def test_halo_padded_is_the_front_door(hw, block, halo, stride, rel):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("hw", [(14, 14), (9, 12), (3, 5), (1, 1), (15, 8)])
+@pytest.mark.parametrize("n_win,topk", [(7, 4), (7, 16), (3, 1), (2, 9)])
+def test_biformer_routing_attention_scripts(n_win, topk, hw):
+    """BiFormer's routing attention with LePE: whole regions, padded ones, maps smaller than ``n_win``
+    (regions of padding only), sparse and dense routing (the cpu backend's two paths), topk > n^2."""
+    torch.manual_seed(0)
+    attn = BiLevelRoutingAttn(16, 2, n_win=n_win, topk=topk, side_dwconv=3).eval()
+    scripted = torch.jit.script(attn)
+    x = torch.randn(2, *hw, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (3, 5)])
+@pytest.mark.parametrize("side_dwconv", [5, 0])
+def test_biformer_global_attention_scripts(side_dwconv, hw):
+    """BiFormer's last-stage global attention, with and without LePE."""
+    torch.manual_seed(0)
+    attn = GlobalAttnLePE(16, 4, side_dwconv=side_dwconv).eval()
+    scripted = torch.jit.script(attn)
+    x = torch.randn(2, *hw, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), attn(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,n_win,topk", [((14, 14), 7, 4), ((9, 12), 7, 16), ((5, 3), 2, 3), ((1, 2), 3, 2),
+                                           ((8, 11), 3, 1)])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bra_padded_is_the_front_door(backend, hw, n_win, topk):
+    """``bra_padded`` scripted equals ``bra`` (its padding, routing, masking and crop), outputs and the
+    gradients of q, k, v (Dv != D); ``bra_route`` routes to the same regions as ``bra_routing``."""
+    torch.manual_seed(0)
+    H, W = hw
+    q, k = torch.randn(2, 2, H, W, 2, 8).unbind(0)
+    v = torch.randn(2, H, W, 2, 6)
+    hp, wp = -(-H // n_win) * n_win, -(-W // n_win) * n_win
+    pad = [0, 0, 0, 0, 0, wp - W, 0, hp - H]
+    idx = torch.jit.script(bra_route)(nn.functional.pad(q, pad), nn.functional.pad(k, pad), n_win, topk, [H, W])
+    torch.testing.assert_close(idx.sort(-1).values, bra_routing(q, k, n_win, topk).sort(-1).values, rtol=0, atol=0)
+    want_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    got_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    want = bra(*want_in, n_win, topk, scale=0.3, backend=backend)
+    got = torch.jit.script(bra_padded)(*got_in, n_win, topk, 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    want.square().sum().backward()
+    got.square().sum().backward()
+    for a, b in zip(got_in, want_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
 # ---- the families that do not script ----------------------------------------------------------------
 def test_every_family_is_listed():
     assert set(SCRIPTS) | set(NO_SCRIPT) == set(REPS), "classify every family: SCRIPTS or NO_SCRIPT (with why)"
@@ -222,6 +273,8 @@ def test_unscriptable_families_raise():
     """Each ``NO_SCRIPT`` family's representative raises in ``torch.jit.script`` (a strict list: one that
     starts to script must move to ``SCRIPTS`` and the README's table). One subprocess: a failed script
     leaves half-compiled classes behind, which would make later scripts in this process fail."""
+    if not NO_SCRIPT:
+        pytest.skip("NO_SCRIPT is empty: every family scripts (test_family_scripts)")
     names = [REPS[f] for f in NO_SCRIPT]
     out = subprocess.run([sys.executable, "-c", _PROBE, *names], capture_output=True, text=True, timeout=600,
                          check=True).stdout

@@ -11,6 +11,12 @@ Both map channels-last ``[B, H, W, C] -> [B, H, W, C]`` with the official parame
   (hard-coded in the official code), no qkv bias, LePE on the block input, then ``proj``.
 
 Any map size: ``bra`` pads to whole regions and masks the padding; LePE runs on the real map.
+
+``torch.jit.script``: the forwards have static ``torch.jit.is_scripting()`` branches (TorchScript compiles
+only those; eager, ``torch.compile`` and export run the code below them unchanged): plain ``nn.Linear``
+projections instead of :mod:`.fused_eval` (whose helpers take modules as arguments) and, for the
+routing, :func:`~visionzoo.ops.routing.reference.bra_padded` (the front door's padding, routing and
+masking on the reference) instead of ``bra``'s front door.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops.routing import bra
+from ..ops.routing.reference import bra_padded
 from . import fused_eval
 
 __all__ = ["BiLevelRoutingAttn", "GlobalAttnLePE", "QKVLinear"]
@@ -34,6 +41,8 @@ class QKVLinear(nn.Module):
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor):
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain Linear
+            return self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
         return fused_eval.linear(self, self.qkv, x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
 
 
@@ -75,6 +84,8 @@ class BiLevelRoutingAttn(nn.Module):
         self.wo = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # a static branch: TorchScript compiles the op's reference, not its front door
+            return self._forward_scripted(x)
         B, H, W, C = x.shape
         q, k, v = self.qkv(x)
         m = self.num_heads
@@ -83,6 +94,20 @@ class BiLevelRoutingAttn(nn.Module):
         if self.lepe is not None:
             out = out + _lepe(self.lepe, v)
         return fused_eval.linear(self, self.wo, out)
+
+    def _forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` under ``torch.jit.script``: plain projections, ``bra_padded`` (the same padding,
+        routing and masking as ``bra``) and LePE's conv called in place (TorchScript takes no module
+        arguments)."""
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x)
+        m = self.num_heads
+        d = q.shape[-1] // m
+        out = bra_padded(q.reshape(B, H, W, m, d), k.reshape(B, H, W, m, d), v.reshape(B, H, W, m, C // m),
+                         self.n_win, self.topk, self.scale).reshape(B, H, W, C)
+        if self.lepe is not None:
+            out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.wo(out)
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}, scale={self.scale:.4g}"
@@ -106,9 +131,17 @@ class GlobalAttnLePE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         heads = self.num_heads  # explicit sizes, no -1: a batch of 0 has nothing to infer from
-        qkv = fused_eval.linear(self, self.qkv, x).reshape(B, H * W, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+        if torch.jit.is_scripting():  # static branches: TorchScript compiles the plain modules
+            qkv = self.qkv(x)
+        else:
+            qkv = fused_eval.linear(self, self.qkv, x)
+        qkv = qkv.reshape(B, H * W, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
         out = out.transpose(1, 2).reshape(B, H, W, C)
+        if torch.jit.is_scripting():
+            if self.lepe is not None:
+                out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return self.proj(out)
         if self.lepe is not None:
             out = out + _lepe(self.lepe, x)
         return fused_eval.linear(self, self.proj, out)
