@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops import _backend
+from ..ops._sizes import is_static
 from ..ops.neighborhood import na2d
 from ..ops.neighborhood.reference import na2d_padded
 from ..ops.partition import crop, from_windows, pad_map, to_windows
@@ -49,10 +50,6 @@ def stripes(height: int, width: int, split_size: int) -> tuple[tuple[int, int], 
     return (height, torch.sym_min(split_size, width)), (torch.sym_min(split_size, height), width)
 
 
-def _static(*sizes) -> bool:
-    """Every size is a plain int (not a ``SymInt`` of ``torch.export`` / ``torch.compile`` with dynamic dims)."""
-    return all(isinstance(n, int) for n in sizes)
-
 
 def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     window: tuple[int, int]) -> torch.Tensor:
@@ -63,7 +60,7 @@ def windowed_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     wh, ww = window
     k = weight.shape[-1]
     p = k // 2
-    if not _static(H, W, wh, ww):
+    if not is_static(H, W, wh, ww):
         return _windowed_dwconv_taps(x, weight, bias, window)
     nchw = x.permute(0, 3, 1, 2)
     if (wh, ww) == (H, W):  # one window: the plain convolution
@@ -169,7 +166,7 @@ def _lepe_kernel_mask(windows, height: int, width: int, c: int) -> torch.Tensor 
     mask (1 wide along W: the middle column, along H: the middle row). None where a window cuts an axis
     elsewhere (stripes wider than 1 on a longer map), and for symbolic sizes (each window then convolves apart:
     the same result for every size, no guard on the sizes)."""
-    if not _static(height, width, *(n for w in windows for n in w)):
+    if not is_static(height, width, *(n for w in windows for n in w)):
         return None
     masks = []
     for wh, ww in windows:

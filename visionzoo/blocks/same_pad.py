@@ -8,10 +8,10 @@ ceiling and a guard, and MaxViT's five of them nest into size expressions that s
 to simplify in the first attention layer's reshapes.
 
 Here, under symbolic sizes, the map is padded by the most any size needs on each side (static ints,
-plus one spare pixel after), and then cut by ``narrow`` to ``(ceil(n / s) - 1) * s + k_eff`` pixels (``ceil`` as the integer
-``(n + s - 1) // s``) from where the exact 'SAME' padding would begin: the same pixels, an output of
-``(n + s - 1) // s`` whose nested expressions sympy simplifies at once. With concrete sizes (eager,
-``jit.trace``, TorchScript) it is timm's ``pad_same``, bit for bit.
+plus one spare pixel after), and then cut by ``narrow`` to ``(ceil(n / s) - 1) * s + k_eff`` pixels
+(``ceil`` as the integer ``(n + s - 1) // s``) from where the exact 'SAME' padding would begin: the same
+pixels, an output of ``(n + s - 1) // s`` whose nested expressions sympy simplifies at once. With concrete sizes (eager,
+``jit.trace``, TorchScript, static compile) it is timm's ``pad_same``, bit for bit.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import pad_same as _pad_same_static
 from timm.layers import register_notrace_function
+
+from ..ops._sizes import is_static
 
 __all__ = ["pad_same", "Conv2dSame", "AvgPool2dSame"]
 
@@ -37,7 +39,7 @@ def pad_same(x: torch.Tensor, kernel_size: List[int], stride: List[int], dilatio
              value: float = 0.0) -> torch.Tensor:
     """Pad the last two dims of ``x`` as TF 'SAME' does for a ``kernel_size`` / ``stride`` / ``dilation`` op."""
     if not torch.jit.is_scripting():  # a static branch: TorchScript sees concrete sizes only
-        if any(isinstance(n, torch.SymInt) for n in x.shape[-2:]):
+        if not is_static(*x.shape[-2:]):
             return _pad_same_symbolic(x, kernel_size, stride, dilation, value)
     return _pad_same_static(x, kernel_size, stride, dilation, value)
 

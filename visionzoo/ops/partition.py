@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import fx_leaf
+from ._sizes import is_static
 
 __all__ = ["to_2tuple", "padded_size", "pad_map", "pad_to_multiple", "pad_to_size", "crop", "to_windows",
            "from_windows"]
@@ -28,7 +29,7 @@ __all__ = ["to_2tuple", "padded_size", "pad_map", "pad_to_multiple", "pad_to_siz
 def to_2tuple(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """``value`` as ``(h, w)``: an int for both axes or a pair of positive ints (the error names ``name``)."""
     vals = (value, value) if _is_size(value) or isinstance(value, bool) else tuple(value)
-    if len(vals) != 2 or not all(_is_size(x) for x in vals) or (_static(*vals) and min(vals) < 1):
+    if len(vals) != 2 or not all(_is_size(x) for x in vals) or (is_static(*vals) and min(vals) < 1):
         raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
     return vals
 
@@ -54,10 +55,6 @@ def _hw_dims(x: torch.Tensor, layout: str) -> tuple[int, int]:
     raise ValueError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
 
 
-def _static(*values) -> bool:
-    """Every value is a plain int (not a symbolic size of a trace)."""
-    return all(isinstance(v, int) for v in values)
-
 
 def _require(ok, message: str) -> None:
     """``ValueError(message)`` if ``ok`` is False; a symbolic condition becomes a ``torch._check``."""
@@ -75,7 +72,7 @@ def pad_map(x: torch.Tensor, top: int = 0, bottom: int = 0, left: int = 0, right
     for name, n in (("top", top), ("bottom", bottom), ("left", left), ("right", right)):
         _require(n >= 0, f"pad_map: {name} must be >= 0, got {n}")
     dh, dw = _hw_dims(x, layout)
-    if _static(top, bottom, left, right) and not (top or bottom or left or right):
+    if is_static(top, bottom, left, right) and not (top or bottom or left or right):
         return x  # F.pad copies even when there is nothing to pad
     return F.pad(x, [0, 0] * (x.dim() - 1 - dw) + [left, right, top, bottom])  # F.pad lists the last dim first
 
@@ -109,7 +106,7 @@ def crop(x: torch.Tensor, size: Sequence[int], layout: str = "nhwc", start: Sequ
     """The ``size = (H, W)`` window of the map at row/column ``start`` (default the top-left; a view,
     ``x`` itself when nothing is cropped)."""
     dh, dw = _hw_dims(x, layout)
-    if _static(x.shape[dh], x.shape[dw], *size, *start) and (x.shape[dh], x.shape[dw]) == tuple(size) \
+    if is_static(x.shape[dh], x.shape[dw], *size, *start) and (x.shape[dh], x.shape[dw]) == tuple(size) \
             and tuple(start) == (0, 0):
         return x
     for s, n, full in zip(start, size, (x.shape[dh], x.shape[dw])):

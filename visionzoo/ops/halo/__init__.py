@@ -23,6 +23,7 @@ import torch
 
 from .. import _backend
 from .._checks import check_qkv, triton_attention_can_run
+from .._sizes import is_static
 from ..partition import crop, pad_map, pad_to_size, padded_size
 
 __all__ = ["halo_attn", "halo_geometry"]
@@ -105,7 +106,7 @@ def halo_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int
         ew = torch.matmul(qp, rel_w.to(q.dtype).t())
     fn, _ = _backend.resolve("halo_attn", qp, kp, vp, backend=backend, block=bq, halo=h)
     out = fn(qp, kp, vp, eh, ew, bq, block_size, halo_size, scale)
-    if all(isinstance(n, int) for n in (hp, wp, hq, wq)):
+    if is_static(hp, wp, hq, wq):
         return crop(out, (hq, wq))
     # symbolic sizes (torch.export with dynamic H, W): a gathered copy. A slice's view compares the padded and the
     # real size in its contiguity check: a guard that specializes them (the program refused other paddings)

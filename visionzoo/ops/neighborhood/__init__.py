@@ -22,6 +22,7 @@ import torch
 
 from .. import _backend
 from .._checks import check_qkv, triton_attention_can_run
+from .._sizes import is_static
 from ..partition import crop, pad_map
 
 __all__ = ["na1d", "na2d", "swin_rpb_to_na", "na_rpb_to_swin"]
@@ -130,21 +131,21 @@ def _layout(size, valid, shift, pad, kernel_size, dilation, stride) -> _Layout:
     if valid is None and not (pad or any(shift)):
         return _Layout(before, padded, None)  # the map as it is
     lo, hi = before, tuple(b + x for b, x in zip(before, real))
-    static = _static(*padded, *hi)
+    static = is_static(*padded, *hi)
     if static and lo == (0,) * len(size) and hi == padded:
         return _Layout(before, padded, None)  # nothing to mask (symbolic sizes: always masked, same result)
     for ax, (n, a, b, kk, d, st) in enumerate(zip(padded, lo, hi, kernel_size, dilation, stride)):
         message = (f"valid {tuple(real)}: on axis {ax} some windows (kernel {kk}, dilation {d}, stride {st}) of the "
                    f"{n}-long padded map hold only padding; pad by less (e.g. to the next multiple of the window), "
                    f"or use a dilation no larger than the map")
-        if static and _static(a, kk, d, st):
+        if static and is_static(a, kk, d, st):
             if not _axis_padding_ok(n, a, b, kk, d, st):
                 raise ValueError(message)
         elif valid is None and st == kk:  # symbolic sizes: CSWin's whole-map windows are the same SymInt
             # dilation 1: padded by less than a window on each side, so every window holds a real key. A symbolic
             # dilation (MaxViT's grid, ceil(n / P): one window per group, whose first key is real) is not checked:
             # proving it on a network's size expressions takes minutes of symbolic algebra per layer
-            if _static(d) and d != 1:
+            if is_static(d) and d != 1:
                 _check_whole_windows(n, a, b, kk, d, message)
         else:
             raise ValueError(f"na2d: a padded map with stride {tuple(stride)} < kernel_size {tuple(kernel_size)} "
@@ -172,13 +173,6 @@ def _require(ok, message: str) -> None:
         torch._check(ok, lambda: message)
     elif not ok:
         raise ValueError(message)
-
-
-def _static(*sizes) -> bool:
-    """Every size is a plain int (under ``torch.export`` / ``torch.compile`` with dynamic dims some are
-    ``SymInt``s: then the front door pads, masks and crops without comparing them, so no guard
-    specializes a dynamic dimension)."""
-    return all(isinstance(n, int) for n in sizes)
 
 
 def _pad(x: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -234,14 +228,14 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int | S
         rpb = rpb.to(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     fn, _ = _backend.resolve("na2d", q, k, v, backend=backend, kernel_size=ks, dilation=dil, stride=st)
-    same = not (pad or any(sh)) or (_static(*layout.size, *size) and layout.size == size)  # nothing to pad
+    same = not (pad or any(sh)) or (is_static(*layout.size, *size) and layout.size == size)  # nothing to pad
     if not same:
         q, k, v = _pad(q, layout), _pad(k, layout), _pad(v, layout)
     out = fn(q, k, v, ks, dil, st, rpb, scale) if layout.region is None else fn(
         q, k, v, ks, dil, st, rpb, scale, layout.region)
     if same:
         return out
-    if _static(*layout.size, *size):
+    if is_static(*layout.size, *size):
         return crop(out, size, start=layout.before)
     # symbolic sizes: a gathered copy. A slice's view computes its contiguity, comparing the padded and the
     # real size: a guard that specializes them (the program then refuses every size whose padding differs)

@@ -25,6 +25,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from .. import _backend
 from .._checks import check_qkv, triton_attention_can_run
+from .._sizes import is_static
 from ..partition import crop, pad_to_size, padded_size
 
 __all__ = ["bra", "bra_routing", "region_geometry"]
@@ -68,7 +69,7 @@ def _route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: tup
     hp, wp = qp.shape[1:3]
     rh, rw = hp // n_win, wp // n_win
     k = min(topk, n_win * n_win)
-    if not _static(hp, wp, *valid):
+    if not is_static(hp, wp, *valid):
         return _route_symbolic(qp, kp, n_win, k, valid, ordered)
 
     uniform = tuple(valid) == (hp, wp)
@@ -114,10 +115,6 @@ def _route_symbolic(qp, kp, n_win: int, k: int, valid, ordered: bool) -> torch.T
     return torch.topk(logits, k, dim=-1, sorted=ordered).indices
 
 
-def _static(*sizes) -> bool:
-    """Every size is a plain int (not a symbolic size of ``torch.export`` / ``torch.compile``)."""
-    return all(isinstance(n, int) for n in sizes)
-
 
 @functools.lru_cache(maxsize=64)
 def _region_counts(n_win: int, rh: int, rw: int, valid: tuple[int, int], device) -> torch.Tensor:
@@ -159,7 +156,7 @@ def bra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_win: int, topk: int
     idx = _route(qp.detach(), kp.detach(), n_win, topk, (H, W))
     fn, _ = _backend.resolve("bra", qp, kp, vp, backend=backend, n_win=n_win)
     out = fn(qp, kp, vp, idx, n_win, scale, (H, W))
-    if _static(*size, H, W):
+    if is_static(*size, H, W):
         return crop(out, (H, W))
     # symbolic sizes: a gathered copy (a slice's contiguity check would compare the padded and the real size:
     # a guard that specializes them, and the program would refuse every size padded differently)
