@@ -86,11 +86,19 @@ def jit_trace(name: str) -> float:
         return _diff(traced(x), model(x))
 
 
-def compile_train(name: str, backend: str = "aot_eager", dynamic: bool | None = None) -> float:
+#: Inductor options for symbolic sizes (the README's Deploy section): torch 2.14's Inductor sorts the strides of a
+#: channels-last view that a training graph saves for backward (the NCHW view of an NHWC map fed to a convolution)
+#: without its shape environment, and sympy cannot order conv output sizes such as ``16 * ((H - 1) // 4 + 1)``:
+#: "cannot determine truth value of Relational" (pytorch/pytorch#185510, open). Exact output strides skip that sort.
+INDUCTOR_OPTIONS = {"strict_output_strides": True}
+
+
+def compile_train(name: str, backend: str = "aot_eager", dynamic: bool | None = None,
+                  options: dict | None = None) -> float:
     """``torch.compile(fullgraph=True)`` in train mode at two input shapes: outputs and every gradient."""
     torch._dynamo.reset()  # one process compiles many models: their shared blocks would hit the recompile limit
     model, ref = _model(name, train=True), _model(name, train=True)
-    compiled = torch.compile(model, fullgraph=True, backend=backend, dynamic=dynamic)
+    compiled = torch.compile(model, fullgraph=True, backend=backend, dynamic=dynamic, options=options)
     worst = 0.0
     for x in _inputs(X1, X2):
         out, want = compiled(x), ref(x)
