@@ -155,6 +155,7 @@ COLUMNS = (
     ("ONNX + ort", ("onnx",)),
     ("jit.trace", ("trace",)),
     ("compile, train", ("compile", "compile_dynamic")),
+    ("Inductor, train", ("inductor", "inductor_dynamic")),
     ("FX features", ("fx",)),
     ("timm hook / fx", ("hook", "timm_fx")),
 )
@@ -209,7 +210,7 @@ def table(rows: list[dict]) -> str:
         cells = []
         for _, paths in COLUMNS:
             got = [cell(family, p) for p in paths]
-            if len(paths) == 2 and paths[1] == "compile_dynamic":
+            if len(paths) == 2 and paths[1].endswith("_dynamic"):
                 text = got[0] or "·"
                 cells.append(text if got[1] is None else f"{text} (dynamic: {got[1]})")
             else:
