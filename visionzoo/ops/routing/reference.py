@@ -99,7 +99,9 @@ def bra_route(qp: torch.Tensor, kp: torch.Tensor, n_win: int, topk: int, valid: 
 
 
 def _regions(t: torch.Tensor, n_win: int) -> torch.Tensor:
-    """``[B, n*rh, n*rw, heads, D]`` -> region-major ``[B, n^2, rh*rw, heads, D]`` (``to_windows``)."""
+    """``[B, n*rh, n*rw, heads, D]`` -> region-major ``[B, n^2, rh*rw, heads, D]``: ``to_windows`` for
+    :func:`bra_padded`, which TorchScript compiles (``to_windows`` takes ``Sequence`` windows and star-unpacks
+    the shape, which it cannot)."""
     B, hp, wp, heads, D = t.shape
     rh, rw = hp // n_win, wp // n_win
     t = t.reshape(B, n_win, rh, n_win, rw, heads, D).transpose(2, 3)
