@@ -13,26 +13,34 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import PatchEmbed, register_notrace_module
+from timm.models.swin_transformer import PatchMerging
 
 from ..ops.partition import pad_to_multiple
 from .conv_bn import register_foldable_bn
 
-__all__ = ["BatchNormNhwc", "NhwcSequential", "NhwcStem", "ConvTokenizer", "ConvDownsample", "ConvLN", "LayerNorm",
-           "UnappliedLayerNorm"]
+__all__ = ["BatchNormNhwc", "NhwcSequential", "NhwcStem", "PatchEmbedNhwc", "PatchMergingNhwc", "ConvTokenizer",
+           "ConvDownsample", "ConvLN", "LayerNorm", "UnappliedLayerNorm"]
 
 #: LayerNorm with the eps of the NAT family's official code (1e-5)
 LayerNorm = partial(nn.LayerNorm, eps=1e-5)
 
 
-def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """NCHW ``x`` zero-padded at the bottom/right to a multiple of ``multiple``."""
+def _pad_to(x: torch.Tensor, multiple: int, layout: str = "nchw") -> torch.Tensor:
+    """``x`` (``layout`` ``'nchw'`` or ``'nhwc'``) zero-padded at the bottom/right to a multiple of ``multiple``.
+
+    The padded size is ``multiple * ceil(n / multiple)``, written so that under symbolic sizes (export /
+    compile with dynamic H, W) it mentions ``n`` once: timm's ``PatchEmbed`` / ``PatchMerging`` pad by
+    ``n % m`` terms, so each stage's size held the previous one twice and the expressions doubled per
+    stage (DiNAT-S's compile with ``dynamic=True`` spent over 23 min in sympy on them)."""
     if multiple == 1:
         return x
     if torch.jit.is_scripting():  # a static branch: TorchScript compiles plain F.pad, not the FX-leaf helper
-        H, W = x.shape[-2], x.shape[-1]
-        return F.pad(x, [0, (multiple - W % multiple) % multiple, 0, (multiple - H % multiple) % multiple])
-    return pad_to_multiple(x, multiple, layout="nchw")[0]
+        nhwc = layout == "nhwc"
+        H, W = (x.shape[1], x.shape[2]) if nhwc else (x.shape[-2], x.shape[-1])
+        ph, pw = (multiple - H % multiple) % multiple, (multiple - W % multiple) % multiple
+        return F.pad(x, [0, 0, 0, pw, 0, ph] if nhwc else [0, pw, 0, ph])
+    return pad_to_multiple(x, multiple, layout=layout)[0]
 
 
 def _parent_forward(cls: type, name: str):
@@ -75,6 +83,32 @@ class NhwcStem(NhwcSequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _pad_to(x.contiguous(memory_format=torch.channels_last), self.pad_multiple)
         return self._layers(x).permute(0, 2, 3, 1)
+
+
+class PatchEmbedNhwc(PatchEmbed):
+    """timm's ``PatchEmbed`` (keys ``proj``, ``norm``; NHWC output) on an image zero-padded to a multiple of
+    the patch by :func:`_pad_to` (timm's own ``dynamic_img_pad`` writes the padded size with ``n % p``)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, norm_layer=None, device=None, dtype=None):
+        super().__init__(None, patch_size, in_chans, embed_dim, norm_layer=norm_layer, flatten=False,
+                         output_fmt="NHWC", strict_img_size=False, device=device, dtype=dtype)
+        self.pad_multiple = patch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._embed(_pad_to(x, self.pad_multiple))
+
+    _embed = _parent_forward(PatchEmbed, "_embed")
+
+
+class PatchMergingNhwc(PatchMerging):
+    """Swin's patch merging (timm's ``PatchMerging``: keys ``norm``, ``reduction``; the same 2x2 order) on a
+    ``[B, H, W, C]`` map, odd maps zero-padded at the bottom/right by :func:`_pad_to`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_to(x, 2, "nhwc")
+        B, H, W, C = x.shape
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
 
 
 class ConvTokenizer(nn.Module):

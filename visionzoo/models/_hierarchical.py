@@ -26,14 +26,13 @@ from functools import partial
 from typing import Any, Callable
 
 import torch.nn as nn
-from timm.layers import ClassifierHead, PatchEmbed
-from timm.models.swin_transformer import PatchMerging
+from timm.layers import ClassifierHead
 
 from ..blocks._create import TOKEN_MIXERS, create_token_mixer
 from ..blocks.deform_conv import DeformConv2dPack
 from ..blocks.mlp import MLP_LAYERS, get_mlp_layer
 from ..blocks.nhwc import (BatchNormNhwc, ConvDownsample, ConvLN, ConvTokenizer, LayerNorm, NhwcSequential, NhwcStem,
-                           UnappliedLayerNorm)
+                           PatchEmbedNhwc, PatchMergingNhwc, UnappliedLayerNorm)
 from ..blocks.transformer_block import TransformerBlock
 from ._base import Backbone, Stage, drop_path_rates, init_linear_trunc_normal
 
@@ -44,8 +43,7 @@ __all__ = ["per_stage", "StemCfg", "MixerCfg", "BlockCfg", "StageCfg", "Hierarch
 # ---- stems and downsamplers: (in_chs, out_chs, stem cfg, device / dtype) -> module ----------------
 def _patch_stem(in_chs: int, out_chs: int, cfg: StemCfg, dd: dict) -> nn.Module:
     """Patch conv (input zero-padded to a multiple of the patch), LayerNorm if ``cfg.norm``."""
-    return PatchEmbed(None, cfg.stride, in_chs, out_chs, norm_layer=LayerNorm if cfg.norm else None, flatten=False,
-                      output_fmt="NHWC", strict_img_size=False, dynamic_img_pad=True, **dd)
+    return PatchEmbedNhwc(cfg.stride, in_chs, out_chs, norm_layer=LayerNorm if cfg.norm else None, **dd)
 
 
 def _conv_bn_stem(in_chs: int, out_chs: int, cfg: StemCfg, dd: dict) -> nn.Module:
@@ -88,7 +86,7 @@ STEMS: dict[str, tuple[Callable[..., nn.Module], int | None]] = {
 #: kind -> constructor ``(in_chs, out_chs, dd)`` of a stride-2 downsampler; 'none' keeps the resolution
 DOWNSAMPLES: dict[str, Callable[..., nn.Module] | None] = {
     "conv_ln": lambda i, o, dd: ConvDownsample(i, o, **dd),  # NAT: 3x3 s2 conv + LayerNorm
-    "merge": lambda i, o, dd: PatchMerging(i, o, norm_layer=LayerNorm, **dd),  # Swin PatchMerging
+    "merge": lambda i, o, dd: PatchMergingNhwc(i, o, norm_layer=LayerNorm, **dd),  # Swin PatchMerging
     # BiFormer; VAN's OverlapPatchEmbed(3x3, s2, padding 1) + BN
     "conv_bn": lambda i, o, dd: NhwcSequential(nn.Conv2d(i, o, 3, 2, 1, **dd), nn.BatchNorm2d(o, **dd)),
     "bn_patch": lambda i, o, dd: NhwcSequential(nn.BatchNorm2d(i, **dd), nn.Conv2d(i, o, 2, 2, **dd), pad_multiple=2),
