@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._sizes import is_static
 from ..partition import from_windows, to_windows
 
 __all__ = ["bra_padded", "bra_reference", "bra_route", "key_valid"]
@@ -53,7 +54,7 @@ def bra_reference(qp, kp, vp, idx, n_win, scale, valid):
     region size, which would specialize the program); the same tokens, so the same result."""
     B, hp, wp = qp.shape[:3]
     rh, rw = hp // n_win, wp // n_win
-    symbolic = not all(isinstance(n, int) for n in (hp, wp, *valid))
+    symbolic = not is_static(hp, wp, *valid)
     if symbolic:
         tokens = _region_tokens(n_win, rh, rw, wp, qp.device)
         qr, kr, vr = (t.flatten(1, 2)[:, tokens] for t in (qp, kp, vp))
