@@ -5,7 +5,7 @@ in training at two input shapes and with ``dynamic=True``, FX feature extraction
 
 Default tier: one representative per family (its first registered model, reduced config) on the fast
 paths (jit.trace, FX, the timm wrappers, export in eval with a dynamic batch), and the slower paths
-(ONNX ~20-40 s, compile ~1 min, train-mode / dynamic-spatial export) for two representatives. Extended tier
+(ONNX ~5-40 s, compile ~1 min, train-mode / dynamic-spatial export) for four representatives. Extended tier
 (``VISIONZOO_EXTENDED_TESTS=1``): every path for every representative, every other registered model on
 the fast paths, and Inductor (C++ compiles take minutes per model on a 2-core host).
 
@@ -26,9 +26,10 @@ from visionzoo.models._registry import MODELS
 REPS = deploy.representatives()
 FAST = ["trace", "fx", "hook", "timm_fx", "export_eval"]
 SLOW = ["export_train", "export_spatial", "onnx", "compile", "compile_dynamic"]
-#: families whose slow paths run in the default tier (a CNN and a conv-BN attention net: ~3 min together);
-#: the attention families' compile runs take many minutes each on a 2-core host (extended tier)
-DEFAULT_SLOW = {"ca_resnet", "single_head_vit"}
+#: families whose slow paths run in the default tier: a CNN, a conv-BN attention net, and two Swin-layout nets
+#: (dilated NA and shifted windows behind a patch stem and merges; ~2.5 min together on a 2-core host); the
+#: other families' slow paths take 1-8 min each there (extended tier)
+DEFAULT_SLOW = {"ca_resnet", "single_head_vit", "dinat_s", "agent_swin"}
 
 PATHS = {
     "trace": deploy.jit_trace,
