@@ -109,6 +109,21 @@ def test_full_size_scripts(name):
     _check_scripted(name, sizes=[(224, 224), (200, 232)], tiny=False, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("family", SCRIPTS)
+def test_family_fx_graph_scripts(family):
+    """timm's ``test_model_forward_fx_torchscript`` in our suite: the FX graph of the whole model (timm's leaf
+    modules and functions kept as calls) scripts and matches eager; a shape helper traced into the graph as a
+    plain function call (not scriptable) fails here."""
+    from timm.models import create_feature_extractor
+    from timm.models._features_fx import get_graph_node_names
+    model = _awake(create_tiny(REPS[family], num_classes=5)).eval()
+    last = get_graph_node_names(model)[1][-1]
+    scripted = torch.jit.script(create_feature_extractor(model, return_nodes=[last]))
+    x = torch.randn(2, 3, 72, 88)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x)[last], model(x), rtol=1e-4, atol=1e-5)
+
+
 # ---- the blocks and the ops' scriptable references ------------------------------------------------
 @pytest.mark.parametrize("hw", [(8, 8), (7, 9), (3, 13), (13, 5)])
 @pytest.mark.parametrize("partition", ["block", "grid"])

@@ -85,6 +85,7 @@ class NhwcStem(NhwcSequential):
         return self._layers(x).permute(0, 2, 3, 1)
 
 
+@register_notrace_module  # an FX leaf: a traced graph calls the module, which scripts (its padding helper does not)
 class PatchEmbedNhwc(PatchEmbed):
     """timm's ``PatchEmbed`` (keys ``proj``, ``norm``; NHWC output) on an image zero-padded to a multiple of
     the patch by :func:`_pad_to` (timm's own ``dynamic_img_pad`` writes the padded size with ``n % p``)."""
@@ -100,6 +101,7 @@ class PatchEmbedNhwc(PatchEmbed):
     _embed = _parent_forward(PatchEmbed, "_embed")
 
 
+@register_notrace_module  # an FX leaf, as PatchEmbedNhwc
 class PatchMergingNhwc(PatchMerging):
     """Swin's patch merging (timm's ``PatchMerging``: keys ``norm``, ``reduction``; the same 2x2 order) on a
     ``[B, H, W, C]`` map, odd maps zero-padded at the bottom/right by :func:`_pad_to`."""
