@@ -167,7 +167,7 @@ def test_structure_agent_layer_norms(name, agents, agent_blocks, side):
             assert type(blk.attn) is AgentAttnCls and blk.attn.agent_num == agents
             assert blk.attn.ah_bias.shape[3] == side and blk.attn.ac_bias.shape == (1, model.cfg.num_heads, agents, 1)
         else:
-            assert type(blk.attn) is Attention
+            assert type(blk.attn) is agent_deit.SoftmaxAttn and isinstance(blk.attn, Attention)
 
 
 def test_agents_follow_the_official_stage_map():
@@ -198,7 +198,8 @@ def test_from_official_arguments():
     as_string = visionzoo.from_official("agent_deit", {**kw, "agent_num": "9-16-49-49"})  # models/build.py's split
     assert as_string.cfg == visionzoo.from_official("agent_deit", kw).cfg
     base = visionzoo.from_official("agent_deit", {**kw, "agent_layer": 2})
-    assert [type(s.blocks[0].attn) for s in base.stages] == [AgentAttnCls, AgentAttnCls, Attention, Attention]
+    softmax = agent_deit.SoftmaxAttn
+    assert [type(s.blocks[0].attn) for s in base.stages] == [AgentAttnCls, AgentAttnCls, softmax, softmax]
     with pytest.raises(NotImplementedError, match="distilled"):
         visionzoo.from_official("agent_deit", {**kw, "distilled": True})
     with pytest.raises(TypeError, match="window_size"):

@@ -42,6 +42,7 @@ from timm.models._features import feature_take_indices
 from .. import convert
 from ..blocks import fused_eval
 from ..blocks.agent_attn_cls import AgentAttnCls
+from ..blocks.nhwc import _parent_forward
 from ._base import Backbone, drop_path_rates, init_linear_trunc_normal, pretrained_cfg
 from ._checks import check_image_batch
 from ._hierarchical import STEMS, StemCfg
@@ -103,9 +104,20 @@ def pos_embed_for(pos_embed: torch.Tensor, grid: int, height: int, width: int) -
     return resample_abs_pos_embed(pos_embed, [height, width], [grid, grid], num_prefix_tokens=1, antialias=False)
 
 
+class SoftmaxAttn(Attention):
+    """timm's softmax ``Attention`` (same keys) called as the agent attention is, with the patch grid ``size``
+    (unused): blocks call either without a type test (TorchScript does not resolve ``isinstance`` on
+    submodules whose types it specialises per block, e.g. agent counts that differ per block)."""
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self._attend(x)
+
+    _attend = _parent_forward(Attention, "_attend")
+
+
 class TokenBlock(nn.Module):
-    """Pre-norm ViT block on ``[B, 1 + H*W, C]`` tokens: ``x + drop_path(attn(norm1(x)))``, then the MLP.
-    Agent attention gets the patch grid ``size``; timm's softmax ``Attention`` does not need it."""
+    """Pre-norm ViT block on ``[B, 1 + H*W, C]`` tokens: ``x + drop_path(attn(norm1(x), size))``, then the MLP.
+    ``attn`` is :class:`~visionzoo.blocks.agent_attn_cls.AgentAttnCls` or :class:`SoftmaxAttn`."""
 
     def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float, eps: float, proj_drop: float, drop_path: float,
                  device=None, dtype=None):
@@ -119,10 +131,7 @@ class TokenBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         y = self.norm1(x)
-        if isinstance(self.attn, AgentAttnCls):  # TorchScript resolves this per block (a static branch)
-            x = x + self.drop_path(self.attn(y, size))
-        else:
-            x = x + self.drop_path(self.attn(y))
+        x = x + self.drop_path(self.attn(y, size))
         if not torch.jit.is_scripting():  # a static branch: TorchScript compiles the plain modules only
             if fused_eval.mlp_applies(self, self.mlp, x):  # inference: two oneDNN GEMMs
                 return fused_eval.mlp_add(self, self.mlp, self.norm2(x), x)
@@ -223,8 +232,8 @@ class AgentDeiTTrunk(Backbone):
     def _attn(self, i: int, attn_drop: float, proj_drop: float, backend: str | None, dd: dict) -> nn.Module:
         cfg, agents = self.cfg, self.cfg.block_agents(i)
         if agents is None:
-            return Attention(cfg.embed_dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, attn_drop=attn_drop,
-                             proj_drop=proj_drop, **dd)
+            return SoftmaxAttn(cfg.embed_dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, attn_drop=attn_drop,
+                               proj_drop=proj_drop, **dd)
         return AgentAttnCls(cfg.embed_dim, cfg.num_heads, map_size=(cfg.grid, cfg.grid), agent_num=agents,
                             qkv_bias=cfg.qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, backend=backend, **dd)
 
