@@ -13,6 +13,8 @@ axis first (as Swin / DiNAT do when they change window size). Attention runs thr
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ from timm.layers import register_notrace_module
 __all__ = ["GlobalRelPosAttn2d", "relative_position_index"]
 
 
-def relative_position_index(height: int, width: int, table: tuple[int, int], device=None) -> torch.Tensor:
+def relative_position_index(height: int, width: int, table: tuple[int, int],
+                            device: Optional[torch.device] = None) -> torch.Tensor:
     """``[H*W, H*W]`` flat index into a ``table = (th, tw)`` bias grid, key minus query, centred."""
     ch, cw = (table[0] - 1) // 2, (table[1] - 1) // 2
     ys = torch.arange(height, device=device).repeat_interleave(width)
@@ -77,7 +80,7 @@ class GlobalRelPosAttn2d(nn.Module):
             index = self.relative_position_index
         else:
             size = (max(2 * height - 1, 2 * L - 1), max(2 * width - 1, 2 * L - 1))
-            if size != tuple(table.shape[1:]):
+            if size[0] != table.shape[1] or size[1] != table.shape[2]:  # (not tuple(shape): TorchScript)
                 table = F.interpolate(table[None].float(), size=size, mode="bicubic",
                                       align_corners=False)[0].to(table.dtype)
             index = relative_position_index(height, width, size, device=table.device)
