@@ -7,7 +7,6 @@ input size runs where an unpadded conv would drop the remainder.
 """
 from __future__ import annotations
 
-import types
 from functools import partial
 
 import torch
@@ -17,6 +16,7 @@ from timm.layers import PatchEmbed, register_notrace_module
 from timm.models.swin_transformer import PatchMerging
 
 from ..ops.partition import pad_to_multiple
+from ._script import parent_forward
 from .conv_bn import register_foldable_bn
 
 __all__ = ["BatchNormNhwc", "NhwcSequential", "NhwcStem", "PatchEmbedNhwc", "PatchMergingNhwc", "ConvTokenizer",
@@ -43,13 +43,6 @@ def _pad_to(x: torch.Tensor, multiple: int, layout: str = "nchw") -> torch.Tenso
     return pad_to_multiple(x, multiple, layout=layout)[0]
 
 
-def _parent_forward(cls: type, name: str):
-    """``cls.forward`` as a method called ``name``: what ``super().forward`` is, in a form TorchScript
-    compiles (it has no ``super()``, and compiles a method under its function's own name)."""
-    fn = cls.forward
-    return types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-
-
 @register_foldable_bn  # the fused eval paths fold it (the same affine map, on other axes)
 @register_notrace_module  # BatchNorm2d's batch-size check is Python control flow on the shape
 class BatchNormNhwc(nn.BatchNorm2d):
@@ -58,7 +51,7 @@ class BatchNormNhwc(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_nchw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
-    _forward_nchw = _parent_forward(nn.BatchNorm2d, "_forward_nchw")
+    _forward_nchw = parent_forward(nn.BatchNorm2d, "_forward_nchw")
 
 
 @register_notrace_module  # a leaf for timm's FX feature extraction: the padding is shape-dependent Python
@@ -73,7 +66,7 @@ class NhwcSequential(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._layers(_pad_to(x.permute(0, 3, 1, 2), self.pad_multiple)).permute(0, 2, 3, 1)
 
-    _layers = _parent_forward(nn.Sequential, "_layers")
+    _layers = parent_forward(nn.Sequential, "_layers")
 
 
 @register_notrace_module
@@ -98,13 +91,14 @@ class PatchEmbedNhwc(PatchEmbed):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._embed(_pad_to(x, self.pad_multiple))
 
-    _embed = _parent_forward(PatchEmbed, "_embed")
+    _embed = parent_forward(PatchEmbed, "_embed")
 
 
 @register_notrace_module  # an FX leaf, as PatchEmbedNhwc
 class PatchMergingNhwc(PatchMerging):
     """Swin's patch merging (timm's ``PatchMerging``: keys ``norm``, ``reduction``; the same 2x2 order) on a
-    ``[B, H, W, C]`` map, odd maps zero-padded at the bottom/right by :func:`_pad_to`."""
+    ``[B, H, W, C]`` map, odd maps zero-padded at the bottom/right by :func:`_pad_to`. The merge is written
+    here rather than calling timm's forward, whose own ``F.pad`` (by 0 after ours) would copy the map again."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _pad_to(x, 2, "nhwc")

@@ -42,7 +42,7 @@ from timm.models._features import feature_take_indices
 from .. import convert
 from ..blocks import fused_eval
 from ..blocks.agent_attn_cls import AgentAttnCls
-from ..blocks.nhwc import _parent_forward
+from ..blocks._script import parent_forward
 from ._base import Backbone, drop_path_rates, init_linear_trunc_normal, pretrained_cfg
 from ._checks import check_image_batch
 from ._hierarchical import STEMS, StemCfg
@@ -112,7 +112,7 @@ class SoftmaxAttn(Attention):
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return self._attend(x)
 
-    _attend = _parent_forward(Attention, "_attend")
+    _attend = parent_forward(Attention, "_attend")
 
 
 class TokenBlock(nn.Module):
